@@ -27,7 +27,7 @@ def _connect() -> psycopg.Connection[Any]:
     conn = db.connect(autocommit=True)
     # Migrations report through RAISE NOTICE (complete.sql): show it to the user.
     conn.add_notice_handler(
-        lambda diag: err.print(f"[dim]{diag.severity}:[/] {diag.message_primary}")
+        lambda diag: out.print(f"[dim]{diag.severity}:[/] {diag.message_primary}")
     )
     return conn
 
