@@ -20,8 +20,10 @@ run: $(STAMP)
 	$(BIN)/jobq migrate
 	$(BIN)/jobq verify
 
+# pytest exits 5 when it collected nothing: that is a failure, not a pass.
 test: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
