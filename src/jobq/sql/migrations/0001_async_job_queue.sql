@@ -628,6 +628,36 @@ BEGIN
 END
 $$;
 
+-- Completes many jobs of one worker in one statement (the worker's hot path).
+-- Jobs it no longer holds (cancelled meanwhile, rescued by stuck detection)
+-- are skipped and come back with completed = false; nothing is completed twice.
+CREATE FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb[])
+RETURNS TABLE (job_id uuid, completed boolean)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = ''
+AS $$
+DECLARE
+    v_max_bytes integer;
+BEGIN
+    IF p_worker_id IS NULL OR p_worker_id = '' THEN
+        RAISE EXCEPTION 'p_worker_id is required' USING ERRCODE = '22023';
+    END IF;
+    IF cardinality(p_job_ids) IS DISTINCT FROM cardinality(p_results) THEN
+        RAISE EXCEPTION 'p_job_ids and p_results must have the same length' USING ERRCODE = '22023';
+    END IF;
+    SELECT max_result_bytes INTO v_max_bytes FROM public.job_queue_config;
+    PERFORM public.jobq_check_json_size(r, v_max_bytes, 'result') FROM unnest(p_results) AS r;
+    RETURN QUERY
+    WITH done AS (
+        UPDATE public.job_queue j
+           SET status = 'completed', result = r.result, error_message = NULL, error_code = NULL
+          FROM unnest(p_job_ids, p_results) AS r(id, result)
+         WHERE j.id = r.id AND j.worker_id = p_worker_id AND j.status = 'processing'
+        RETURNING j.id)
+    SELECT ids.id, ids.id IN (SELECT id FROM done)
+      FROM unnest(p_job_ids) AS ids(id);
+END
+$$;
+
 -- Fails the running attempt. While attempts remain (attempts <= max_retries)
 -- and the error is retryable, next_retry_at is set with exponential backoff
 -- (retry_base_delay * 2^(attempts-1), capped at retry_max_delay) and
@@ -1283,7 +1313,7 @@ AS $$
             'retry_failed_jobs', 'cleanup_old_jobs', 'expire_stale_jobs', 'detect_stuck_jobs', 'get_job_queue_stats'])
         UNION ALL
         SELECT 'functions (jobq)', unnest(ARRAY[
-            'create_jobs', 'claim_jobs', 'heartbeat_jobs', 'release_jobs', 'retry_job',
+            'create_jobs', 'claim_jobs', 'complete_jobs', 'heartbeat_jobs', 'release_jobs', 'retry_job',
             'create_job_log_partitions', 'drop_old_job_log_partitions'])
         UNION ALL
         SELECT 'triggers', unnest(ARRAY['job_queue_updated_at', 'job_status_change_notify'])
@@ -1373,7 +1403,7 @@ DECLARE
     v_service_fns text[] := ARRAY[
         'update_job_progress', 'start_job', 'complete_job', 'fail_job', 'add_job_log',
         'retry_failed_jobs', 'cleanup_old_jobs', 'expire_stale_jobs', 'detect_stuck_jobs',
-        'claim_jobs', 'heartbeat_jobs', 'release_jobs', 'create_job_log_partitions',
+        'claim_jobs', 'complete_jobs', 'heartbeat_jobs', 'release_jobs', 'create_job_log_partitions',
         'drop_old_job_log_partitions'];
     f record;
 BEGIN
