@@ -9,11 +9,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jobq import db, embedded, migrate
+from jobq import db, embedded, migrate, schedule
 
 app = typer.Typer(help="jobq: a PostgreSQL-native job queue.", no_args_is_help=True)
 embedded_app = typer.Typer(help="Manage the embedded PostgreSQL 18 server.", no_args_is_help=True)
 app.add_typer(embedded_app, name="embedded")
+schedule_app = typer.Typer(
+    help="Maintenance schedules: pg_cron when present, else the workers' leader.",
+    no_args_is_help=True,
+)
+app.add_typer(schedule_app, name="schedule")
 
 out = Console()
 err = Console(stderr=True)
@@ -134,3 +139,135 @@ def embedded_status() -> None:
     else:
         out.print("not running")
         raise typer.Exit(3)
+
+
+# ---------------------------------------------------------------------------
+# worker and maintenance schedules
+# ---------------------------------------------------------------------------
+
+
+def _load_registry(target: str) -> Any:
+    """``package.module:attribute`` -> the Registry it names."""
+    import importlib
+    import sys
+
+    from jobq.handlers import Registry
+
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise typer.BadParameter("expected module:attribute, e.g. myapp.jobs:registry")
+    sys.path.insert(0, ".")
+    try:
+        registry = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise typer.BadParameter(f"cannot load {target}: {exc}") from exc
+    if not isinstance(registry, Registry):
+        raise typer.BadParameter(f"{target} is a {type(registry).__name__}, not a jobq Registry")
+    return registry
+
+
+@app.command("worker")
+def worker_cmd(
+    registry: Annotated[str, typer.Argument(help="Handlers to run, as module:attribute.")],
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 10,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Jobs claimed per query.")] = None,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 2.0,
+    heartbeat_interval: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 5.0,
+    shutdown_grace: Annotated[
+        float, typer.Option(help="Seconds running jobs get to finish on SIGTERM.")
+    ] = 30.0,
+    listen: Annotated[
+        bool, typer.Option(help="LISTEN for new jobs (off behind a transaction pooler).")
+    ] = True,
+    job_type: Annotated[
+        list[str] | None, typer.Option(help="Only claim these job types (repeatable).")
+    ] = None,
+    maintenance: Annotated[
+        bool, typer.Option(help="Run maintenance when no pg_cron schedule does.")
+    ] = True,
+    maintenance_every: Annotated[
+        str | None, typer.Option(help="Run every maintenance task on this schedule instead.")
+    ] = None,
+    stuck_timeout: Annotated[
+        float, typer.Option(help="Seconds without heartbeat before a job counts as stuck.")
+    ] = 1800.0,
+    worker_id: Annotated[str | None, typer.Option(help="Name of this worker.")] = None,
+) -> None:
+    """Run a worker until SIGTERM or Ctrl-C (running jobs finish or are released)."""
+    import logging
+    from datetime import timedelta
+
+    from rich.logging import RichHandler
+
+    from jobq.worker import Worker
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err)]
+    )
+    tasks = schedule.maintenance_tasks(stuck_timeout=timedelta(seconds=stuck_timeout))
+    if maintenance_every:
+        try:
+            tasks = schedule.every(tasks, maintenance_every)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    Worker(
+        _load_registry(registry),
+        concurrency=concurrency,
+        batch_size=batch_size,
+        poll_interval=poll_interval,
+        heartbeat_interval=heartbeat_interval,
+        shutdown_grace=shutdown_grace,
+        listen=listen,
+        job_types=job_type,
+        worker_id=worker_id,
+        maintenance=tasks,
+        run_maintenance=maintenance,
+    ).run_forever()
+
+
+@schedule_app.command("install")
+def schedule_install() -> None:
+    """Register the spec's five maintenance schedules with pg_cron (idempotent)."""
+    with _connect() as conn:
+        try:
+            names = schedule.install_pg_cron(conn, schedule.maintenance_tasks())
+        except schedule.PgCronUnavailable as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from exc
+    for name in names:
+        out.print(f"scheduled {name}")
+
+
+@schedule_app.command("remove")
+def schedule_remove() -> None:
+    """Unschedule jobq's pg_cron jobs (workers take maintenance back)."""
+    with _connect() as conn:
+        try:
+            names = schedule.remove_pg_cron(conn)
+        except schedule.PgCronUnavailable as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from exc
+    out.print("\n".join(f"unscheduled {n}" for n in names) or "no jobq schedules were installed")
+
+
+@schedule_app.command("status")
+def schedule_status() -> None:
+    """Say which mode runs maintenance (pg_cron or in-process) and show the schedules."""
+    with _connect() as conn:
+        st = schedule.status(conn)
+    out.print(f"mode: [bold]{st.mode}[/]")
+    out.print(f"pg_cron loaded: {'yes' if st.pg_cron_loaded else 'no'}")
+    if st.mode == "pg_cron":
+        table = Table("job", "schedule", "active", "last run", "last status")
+        for j in st.jobs:
+            last = j["last_run"].isoformat(timespec="seconds") if j["last_run"] else ""
+            table.add_row(
+                j["jobname"], j["schedule"], str(j["active"]), last, j["last_status"] or ""
+            )
+        out.print(table)
+    else:
+        out.print(f"leader: {st.leader or 'no worker holds the leader lock'}")
+        table = Table("task", "schedule")
+        for t in schedule.maintenance_tasks():
+            table.add_row(t.name, t.schedule)
+        out.print(table)

@@ -184,7 +184,7 @@ class Worker:
             configure=_as_service_role,
             check=AsyncConnectionPool.check_connection,
             open=False,
-            reconnect_timeout=0,  # keep trying through a database restart
+            reconnect_timeout=3600,  # keep trying through a database restart
         )
         await self._pool.open(wait=False)
         tasks = [
