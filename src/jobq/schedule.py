@@ -205,11 +205,14 @@ class TaskClock:
 
 
 async def run_task(conn: psycopg.AsyncConnection[Any], task: MaintenanceTask) -> None:
-    """Run one task's SQL; log, never raise (maintenance must not kill a worker)."""
+    """Run one task's SQL. A failing task is logged and skipped (maintenance must not
+    stop a worker); a lost connection propagates so the leader reconnects."""
     try:
         await conn.execute(sql.SQL(task.sql))  # our own fixed text, never user input
         log.info("maintenance %s done", task.name)
     except psycopg.Error as exc:
+        if conn.broken or isinstance(exc, psycopg.OperationalError):
+            raise
         log.warning("maintenance %s failed: %s", task.name, exc)
 
 
