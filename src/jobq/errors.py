@@ -52,15 +52,14 @@ class DatabaseUnavailable(JobqError):
     """The database could not be reached (connection refused, restarting, ...)."""
 
 
-# Class 22 (data exceptions: bad uuid, bad json, check violations of values) and
-# 23514 (CHECK constraint) are all the caller's input.
+# Class 22 (data exceptions: bad uuid, bad json, out-of-range values) and class
+# 23 (a value a constraint refused) are the caller's input.
 _BY_SQLSTATE: dict[str, type[JobqError]] = {
     "42501": Forbidden,
     "P0002": NotFound,
     "54000": PayloadTooLarge,
     "55000": InvalidTransition,
     "53400": RateLimited,
-    "23514": InvalidInput,
 }
 
 
@@ -70,7 +69,7 @@ def error_class(sqlstate: str | None) -> type[JobqError] | None:
         return None
     if sqlstate in _BY_SQLSTATE:
         return _BY_SQLSTATE[sqlstate]
-    if sqlstate.startswith("22"):
+    if sqlstate.startswith(("22", "23")):
         return InvalidInput
     if sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03"}:
         return DatabaseUnavailable

@@ -527,12 +527,12 @@ BEGIN
     END IF;
     IF v_user IS NULL THEN
         -- service caller creating for several users: each element names its user
-        IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_jobs) AS e(v) WHERE NOT (e.v ? 'user_id')) THEN
+        IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_jobs) AS e(v) WHERE (e.v ->> 'user_id') IS NULL) THEN
             RAISE EXCEPTION 'with p_user_id NULL every job needs a user_id' USING ERRCODE = '22023';
         END IF;
     ELSE
         IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_jobs) AS e(v)
-                   WHERE e.v ? 'user_id' AND (e.v ->> 'user_id')::uuid IS DISTINCT FROM v_user) THEN
+                   WHERE (e.v ->> 'user_id') IS NOT NULL AND (e.v ->> 'user_id')::uuid IS DISTINCT FROM v_user) THEN
             RAISE EXCEPTION 'may not create jobs for another user' USING ERRCODE = '42501';
         END IF;
         PERFORM public.jobq_check_rate_limit(v_user, v_count);
