@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -146,6 +147,7 @@ class Worker:
         self.completed = 0
         self.failed = 0
         self.is_leader = False
+        self.maintenance_runs: Counter[str] = Counter()
         self._running: dict[UUID, _Running] = {}
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -568,6 +570,7 @@ class Worker:
                 for task in clock.pop_due(now):
                     if not cron_active:
                         await schedule.run_task(conn, task)
+                        self.maintenance_runs[task.name] += 1
             for pj, tick in periodic.pop_due(now):
                 await _enqueue_tick(conn, pj, tick)
             nexts = [d for d in (clock.next_due() if clock else None, periodic.next_due()) if d]
