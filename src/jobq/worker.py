@@ -148,6 +148,8 @@ class Worker:
         self.failed = 0
         self.is_leader = False
         self.maintenance_runs: Counter[str] = Counter()
+        # "pg_cron" or "in-process" once this worker leads; None before.
+        self.maintenance_mode: str | None = None
         self._running: dict[UUID, _Running] = {}
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -565,6 +567,7 @@ class Worker:
             if loop.time() - cron_checked_at > 60:
                 cron_active = await asyncio.to_thread(schedule.pg_cron_manages, self.url)
                 cron_checked_at = loop.time()
+                self.maintenance_mode = "pg_cron" if cron_active else "in-process"
             now = datetime.now(UTC)
             if clock is not None:
                 for task in clock.pop_due(now):
