@@ -271,3 +271,198 @@ def schedule_status() -> None:
         for t in schedule.maintenance_tasks():
             table.add_row(t.name, t.schedule)
         out.print(table)
+
+
+# ---------------------------------------------------------------------------
+# jobs: enqueue, list, show, cancel, stats (as service_role, like an admin)
+# ---------------------------------------------------------------------------
+
+
+def _client() -> Any:
+    from jobq.client import Client
+
+    return Client(min_size=1, max_size=1)
+
+
+def _json_default(value: Any) -> Any:
+    import dataclasses
+    from datetime import datetime
+    from uuid import UUID
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _print_json(value: Any) -> None:
+    import json
+
+    typer.echo(json.dumps(value, default=_json_default, indent=2))
+
+
+def _fail(exc: Exception) -> None:
+    from jobq.errors import JobqError
+
+    if isinstance(exc, JobqError):
+        err.print(f"[red]{type(exc).__name__}[/] ({exc.sqlstate or '-'}): {exc.message}")
+        raise typer.Exit(2) from exc
+    raise exc
+
+
+_STATUS_STYLE = {
+    "pending": "yellow",
+    "processing": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+    "expired": "dim",
+}
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@app.command("enqueue")
+def enqueue_cmd(
+    job_type: Annotated[str, typer.Argument(help="The job type (its handler's name).")],
+    params: Annotated[str, typer.Argument(help="Params as a JSON object.")] = "{}",
+    user: Annotated[str | None, typer.Option(help="Owner's user id (default: system).")] = None,
+    priority: Annotated[int, typer.Option(help="-100..100, higher runs first.")] = 0,
+    max_retries: Annotated[int, typer.Option(help="Retries after the first attempt.")] = 3,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enqueue one job."""
+    import json
+
+    from jobq.handlers import SYSTEM_USER_ID
+
+    try:
+        parsed = json.loads(params)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"params is not JSON: {exc}") from exc
+    with _client() as client:
+        try:
+            job_id = client.create_job(
+                job_type,
+                parsed,
+                user_id=user or SYSTEM_USER_ID,
+                priority=priority,
+                max_retries=max_retries,
+            )
+        except Exception as exc:
+            _fail(exc)
+    if as_json:
+        _print_json({"job_id": job_id})
+    else:
+        out.print(f"enqueued {job_id}")
+
+
+@app.command("jobs")
+def jobs_cmd(
+    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    job_type: Annotated[str | None, typer.Option("--type", help="Only this job type.")] = None,
+    user: Annotated[str | None, typer.Option(help="Only this user's jobs.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows per page (1-1000).")] = 20,
+    offset: Annotated[int, typer.Option(help="Rows to skip.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List jobs, newest first."""
+    with _client() as client:
+        try:
+            page = client.list_jobs(
+                user_id=user, status=status, job_type=job_type, limit=limit, offset=offset
+            )
+        except Exception as exc:
+            _fail(exc)
+    if as_json:
+        _print_json(page)
+        return
+    table = Table("id", "type", "status", "progress", "attempts", "created", "user")
+    for j in page.jobs:
+        style = _STATUS_STYLE.get(j.status, "")
+        table.add_row(
+            str(j.id),
+            j.job_type,
+            f"[{style}]{j.status}[/]",
+            f"{j.progress_percent}%",
+            f"{j.attempts}/{j.max_retries + 1}",
+            j.created_at.isoformat(timespec="seconds"),
+            str(j.user_id),
+        )
+    out.print(table)
+    out.print(f"{len(page.jobs)} of {page.total_count} jobs")
+
+
+@app.command("job")
+def job_cmd(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    logs: Annotated[int, typer.Option(help="How many log lines to show.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one job with its latest logs."""
+    with _client() as client:
+        try:
+            job = client.get_job(job_id)
+            log_page = client.get_logs(job_id, limit=logs)
+        except Exception as exc:
+            _fail(exc)
+    if as_json:
+        _print_json({"job": job, "logs": log_page.logs, "log_count": log_page.total_count})
+        return
+    table = Table(show_header=False)
+    for name, value in vars(job).items():
+        table.add_row(name, "" if value is None else str(value))
+    out.print(table)
+    for line in reversed(log_page.logs):
+        out.print(f"{line.created_at.isoformat(timespec='seconds')} {line.level:7} {line.message}")
+
+
+@app.command("cancel")
+def cancel_cmd(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")], as_json: JsonOpt = False
+) -> None:
+    """Cancel a pending or running job."""
+    with _client() as client:
+        try:
+            status = client.cancel_job(job_id)
+        except Exception as exc:
+            _fail(exc)
+    if as_json:
+        _print_json({"job_id": job_id, "status": status})
+    else:
+        out.print(f"{job_id}: {status}")
+
+
+@app.command("stats")
+def stats_cmd(
+    user: Annotated[str | None, typer.Option(help="Only this user's jobs.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Job counts and durations by type and status."""
+    with _client() as client:
+        try:
+            rows = client.stats(user_id=user)
+        except Exception as exc:
+            _fail(exc)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("type", "status", "jobs", "avg ms", "p50 ms", "p95 ms")
+
+    def ms(v: float | None) -> str:
+        return "" if v is None else f"{v:.0f}"
+
+    for r in rows:
+        style = _STATUS_STYLE.get(r.status, "")
+        table.add_row(
+            r.job_type,
+            f"[{style}]{r.status}[/]",
+            str(r.job_count),
+            ms(r.avg_duration_ms),
+            ms(r.p50_duration_ms),
+            ms(r.p95_duration_ms),
+        )
+    out.print(table)
