@@ -466,3 +466,52 @@ def stats_cmd(
             ms(r.p95_duration_ms),
         )
     out.print(table)
+
+
+# ---------------------------------------------------------------------------
+# HTTP API
+# ---------------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the HTTP API (settings from DATABASE_URL and JOBQ_* variables)."""
+    from jobq.api.server import serve
+    from jobq.api.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+        serve(host, port, settings)
+    except SettingsError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command("token")
+def token_cmd(
+    user: Annotated[
+        str | None, typer.Option(help="The user's uuid (sub); required for authenticated.")
+    ] = None,
+    role: Annotated[
+        str, typer.Option(help="authenticated, service_role or anon.")
+    ] = "authenticated",
+    ttl: Annotated[int, typer.Option(min=1, help="Seconds until it expires.")] = 3600,
+) -> None:
+    """Mint a development HS256 token signed with JOBQ_JWT_SECRET."""
+    import os
+
+    from jobq.api.auth import mint_token
+
+    secret = os.environ.get("JOBQ_JWT_SECRET", "").strip()
+    if not secret:
+        err.print("[red]error:[/] JOBQ_JWT_SECRET is not set: there is no key to sign with")
+        raise typer.Exit(2)
+    audience = os.environ.get("JOBQ_JWT_AUDIENCE", "").strip() or "authenticated"
+    try:
+        token = mint_token(secret, role=role, user_id=user, ttl=ttl, audience=audience)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(token)
