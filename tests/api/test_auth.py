@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from tests.api._support import SECRET, A, Api, Keys, Tokens
@@ -183,9 +184,8 @@ def _job(api: Api) -> str:
     return job_id
 
 
-def _call(api: Api, token: str | None, method: str, path: str) -> Any:
+def _call(client: httpx.Client, token: str | None, method: str, path: str) -> Any:
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-    client = api.client()
     if path == "/events":
         with client.stream(method, path, headers=headers) as r:
             r.read() if r.status_code != 200 else None
@@ -197,18 +197,19 @@ def _call(api: Api, token: str | None, method: str, path: str) -> Any:
 def test_every_bad_token_is_refused_on_every_endpoint(api: Api, tokens: Tokens) -> None:
     job = _job(api)
     bad = tokens.bad()
+    client = api.client()
     for method, template in DATA_ENDPOINTS:
         path = template.format(job=job)
         for name, token in bad.items():
             if not token:
                 continue  # "Bearer " alone: the missing-token test covers it
-            r = _call(api, token, method, path)
+            r = _call(client, token, method, path)
             assert r.status_code == 401, (method, path, name, r.text)
             error = r.json()["error"]
             assert error["code"] != "internal_error"
             assert r.headers["www-authenticate"].startswith("Bearer")
             assert "no-store" in r.headers["cache-control"]
-        expired = _call(api, bad["expired"], method, path)
+        expired = _call(client, bad["expired"], method, path)
         assert expired.json()["error"]["code"] == "token_expired"
 
 
@@ -227,8 +228,9 @@ def test_missing_token_and_other_schemes_are_401(api: Api) -> None:
 
 def test_anon_is_refused_on_data_endpoints_but_sees_health(api: Api, tokens: Tokens) -> None:
     job = _job(api)
+    client = api.client()
     for method, template in DATA_ENDPOINTS:
-        r = _call(api, tokens.anon(), method, template.format(job=job))
+        r = _call(client, tokens.anon(), method, template.format(job=job))
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "anonymous"
     assert api.as_anon().get("/health").status_code == 200

@@ -1,0 +1,79 @@
+"""A bounded schemathesis run against /openapi.json: no input, valid or not,
+makes the API answer with a 5xx, as a service or as a user, and the responses
+match the documented schemas, status codes and content types.
+
+Bounded for CI (``MAX_EXAMPLES`` per operation and identity, derandomized).
+/events is left out: with a valid token it is an endless stream by design
+(tests/api/test_events.py covers it).
+"""
+
+from __future__ import annotations
+
+import os
+
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from tests.api._support import A, Api
+
+MAX_EXAMPLES = int(os.environ.get("JOBQ_SCHEMATHESIS_EXAMPLES", "40"))
+
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def test_no_server_errors(api: Api) -> None:
+    # A few jobs of A's, so that lists, stats and logs have rows to serialise.
+    owner = api.as_user(A)
+    jobs = [
+        owner.post("/jobs", json={"job_type": f"st.{i}", "params": {"i": i}}).json()["job_id"]
+        for i in range(3)
+    ]
+    schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
+    session = requests.Session()
+    headers = [
+        {"Authorization": f"Bearer {token}"} for token in (api.tokens.service(), api.tokens.user(A))
+    ]
+    tested = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.path == "/events":
+            continue
+
+        strategies = [
+            operation.as_strategy(GenerationMode.POSITIVE),
+            operation.as_strategy(GenerationMode.NEGATIVE),
+        ]
+        if "{job_id}" in operation.path:  # real jobs too, not only unknown ids
+            strategies.append(
+                operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"job_id": jobs[0]})
+            )
+
+        @given(case=st.one_of(strategies))
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def run(case: schemathesis.Case) -> None:
+            for h in headers:
+                case.call_and_validate(base_url=api.url, session=session, headers=h, checks=CHECKS)
+
+        run()
+        tested.append(f"{operation.method.upper()} {operation.path}")
+    assert len(tested) == 8, tested
