@@ -51,6 +51,7 @@ JOBQ_FUNCTIONS = (
     "retry_job",
     "create_job_log_partitions",
     "drop_old_job_log_partitions",
+    "get_queue_depth",
 )
 ALL_API_FUNCTIONS = SPEC_FUNCTIONS + JOBQ_FUNCTIONS
 

@@ -325,14 +325,6 @@ def test_drop_rejects_bad_intervals(admin: Conn, older_than: str | None) -> None
 # ---------------------------------------------------------------------------
 # The caller's time zone
 # ---------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    raises=(AssertionError, psycopg.Error),
-    reason="create_job_log_partitions computes month bounds in the session TimeZone: "
-    "east of UTC the next partition overlaps the previous one (42P17), west of UTC "
-    "it leaves hours of each month to the default partition. Fix: SET TimeZone = 'UTC' "
-    "on the function (and drop_old_job_log_partitions).",
-)
 @pytest.mark.parametrize("zone", ["Europe/Berlin", "America/Los_Angeles"])
 def test_partitions_are_utc_months_whatever_the_session_time_zone(admin: Conn, zone: str) -> None:
     now = db_now(admin)
@@ -345,13 +337,6 @@ def test_partitions_are_utc_months_whatever_the_session_time_zone(admin: Conn, z
 # ---------------------------------------------------------------------------
 # Two maintenance runs at once (pg_cron and an in-process scheduler, say)
 # ---------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.DuplicateTable,
-    reason="create_job_log_partitions checks to_regclass() without a lock: a concurrent "
-    "call that created the same partition makes this one fail with 42P07. Fix: take "
-    "pg_advisory_xact_lock(...) first, then check.",
-)
 def test_concurrent_calls_do_not_collide(admin: Conn, make_conn: Any) -> None:
     first: Conn = make_conn()
     second: Conn = make_conn()

@@ -266,10 +266,8 @@ STATIC = [
         {"p_worker_id": Param("text", "worker-3"), "p_job_ids": Param("uuid[]", None)},
         drop_into="v_ids",
     ),
-    # cleanup runs once per scheduled call (one custom plan): the generic plan
-    # is never cheaper, so the plan cache would not pick it; custom only.
-    # Its `DELETE ... USING old` hash-joins the batch against a sequential scan
-    # of job_queue (the planner's choice; reported), hence seq_scan_ok.
+    # The maintenance functions set plan_cache_mode = force_custom_plan (they
+    # run every few minutes): only their custom plans are ever used.
     Static(
         "idx_job_queue_cleanup",
         "cleanup_old_jobs",
@@ -277,15 +275,15 @@ STATIC = [
         {"p_older_than": Param("interval", "7 days"), "p_batch_size": Param("integer", 100_000)},
         drop_into="v_count",
         generic=False,
-        seq_scan_ok=True,
     ),
     Static(
         "idx_job_queue_retry_eligible",
         "retry_failed_jobs",
         "WITH due AS",
         {"p_limit": Param("integer", 1000)},
+        generic=False,
     ),
-    Static("idx_job_queue_expiration", "expire_stale_jobs", "WITH stale AS"),
+    Static("idx_job_queue_expiration", "expire_stale_jobs", "WITH stale AS", generic=False),
     Static(
         "idx_job_queue_stuck_detection",
         "detect_stuck_jobs",
@@ -295,6 +293,7 @@ STATIC = [
             "v_cfg.retry_base_delay": Param("interval", "10 seconds"),
             "v_cfg.retry_max_delay": Param("interval", "1 hour"),
         },
+        generic=False,
     ),
 ]
 

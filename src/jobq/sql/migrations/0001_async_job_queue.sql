@@ -148,6 +148,15 @@ CREATE TABLE public.job_queue_config (
 );
 INSERT INTO public.job_queue_config DEFAULT VALUES;
 
+-- One row per user, locked by every rate-limited or deduplicated creation
+-- (jobq_lock_user). A row lock, unlike an advisory lock, is checked against
+-- the caller's snapshot: under REPEATABLE READ a concurrent creation makes the
+-- later caller fail with 40001 (retry) instead of counting with stale data.
+CREATE TABLE public.job_queue_user_lock (
+    user_id   uuid PRIMARY KEY,
+    locked_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- ---------------------------------------------------------------------------
 -- SECTION 3: Indexes (11 on job_queue, 4 on job_log)
 -- ---------------------------------------------------------------------------
@@ -174,10 +183,11 @@ CREATE INDEX idx_job_queue_retry_eligible
 CREATE INDEX idx_job_queue_type_status
     ON public.job_queue (job_type, status)
     WHERE status IN ('pending', 'processing', 'failed');
--- 7. Per-user active job count for the rate limit (index-only count).
+-- 7. Per-user active job count for the rate limit (index-only count). A failed
+-- job with a retry scheduled will run again, so it counts as active too.
 CREATE INDEX idx_job_queue_user_active
     ON public.job_queue (user_id)
-    WHERE status IN ('pending', 'processing');
+    WHERE status IN ('pending', 'processing') OR (status = 'failed' AND next_retry_at IS NOT NULL);
 -- 8. Pending jobs by expiry, for expire_stale_jobs.
 CREATE INDEX idx_job_queue_expiration
     ON public.job_queue (expires_at)
@@ -316,9 +326,10 @@ BEGIN
 END
 $$;
 
--- The per-user active job limit. Serialises creations of one user with a
--- transaction advisory lock so that concurrent calls cannot both pass the
--- count. Service callers are trusted and not limited.
+-- The per-user active job limit: pending, processing and failed-awaiting-retry
+-- jobs count. Creations of one user are serialised (jobq_lock_user) so that
+-- concurrent calls cannot both pass the count. Service callers are trusted
+-- and not limited.
 CREATE FUNCTION public.jobq_check_rate_limit(p_user_id uuid, p_new_jobs integer)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = ''
@@ -330,11 +341,12 @@ BEGIN
     IF public.jobq_caller_is_service() THEN
         RETURN;
     END IF;
-    PERFORM pg_advisory_xact_lock(1785292081, hashtext(p_user_id::text));
+    PERFORM public.jobq_lock_user(p_user_id);
     SELECT max_active_jobs_per_user INTO v_limit FROM public.job_queue_config;
     SELECT count(*) INTO v_active FROM (
         SELECT 1 FROM public.job_queue
-        WHERE user_id = p_user_id AND status IN ('pending', 'processing')
+        WHERE user_id = p_user_id
+          AND (status IN ('pending', 'processing') OR (status = 'failed' AND next_retry_at IS NOT NULL))
         LIMIT v_limit
     ) a;
     IF v_active + p_new_jobs > v_limit THEN
@@ -342,6 +354,15 @@ BEGIN
             USING ERRCODE = '53400', HINT = 'wait for active jobs to finish';
     END IF;
 END
+$$;
+
+-- Serialises job creation for one user until the end of the transaction.
+CREATE FUNCTION public.jobq_lock_user(p_user_id uuid)
+RETURNS void
+LANGUAGE sql VOLATILE SET search_path = ''
+AS $$
+    INSERT INTO public.job_queue_user_lock AS l (user_id) VALUES (p_user_id)
+    ON CONFLICT (user_id) DO UPDATE SET locked_at = now();
 $$;
 
 -- Validates the shape of a new job and returns it ready to insert.
@@ -367,6 +388,10 @@ BEGIN
     PERFORM public.jobq_check_json_size(p_params, v_max_bytes, 'params');
     IF p_priority IS NULL OR p_priority NOT BETWEEN -100 AND 100 THEN
         RAISE EXCEPTION 'priority must be between -100 and 100' USING ERRCODE = '22023';
+    END IF;
+    -- Tenants share one queue: only trusted callers may jump it.
+    IF p_priority > 0 AND NOT public.jobq_caller_is_service() THEN
+        RAISE EXCEPTION 'only service callers may set a priority above 0' USING ERRCODE = '42501';
     END IF;
     IF p_max_retries IS NULL OR p_max_retries NOT BETWEEN 0 AND 25 THEN
         RAISE EXCEPTION 'max_retries must be between 0 and 25' USING ERRCODE = '22023';
@@ -840,7 +865,8 @@ END
 $$;
 
 -- Paginated logs (newest first) with total_count. A user sees only logs of
--- their own jobs; p_job_id NULL searches every job's logs (service only).
+-- their own jobs; p_job_id NULL searches all of the acting user's jobs, or
+-- every job's logs for a service caller with p_user_id NULL.
 CREATE FUNCTION public.get_job_logs(
     p_job_id uuid,
     p_user_id uuid DEFAULT NULL,
@@ -871,8 +897,9 @@ BEGIN
         RAISE EXCEPTION 'search text over 500 characters' USING ERRCODE = '22023';
     END IF;
     IF p_job_id IS NULL THEN
-        IF NOT public.jobq_caller_is_service() THEN
-            RAISE EXCEPTION 'p_job_id is required' USING ERRCODE = '42501';
+        -- every job of the acting user (a service caller with p_user_id NULL: every job)
+        IF v_user IS NOT NULL THEN
+            v_where := v_where || ' AND l.job_id IN (SELECT j.id FROM public.job_queue j WHERE j.user_id = $7)';
         END IF;
     ELSE
         PERFORM 1 FROM public.job_queue j
@@ -893,7 +920,7 @@ BEGIN
          SELECT l.id, l.job_id, l.level, l.message, l.metadata, l.created_at, total.n
            FROM public.job_log l, total WHERE %s
           ORDER BY l.created_at DESC, l.id DESC LIMIT $5 OFFSET $6', v_where, v_where)
-        USING p_job_id, p_level, p_search, p_metadata_contains, p_limit, p_offset;
+        USING p_job_id, p_level, p_search, p_metadata_contains, p_limit, p_offset, v_user;
 END
 $$;
 
@@ -919,7 +946,7 @@ BEGIN
         RAISE EXCEPTION 'p_dedupe_window must be a non-negative interval' USING ERRCODE = '22023';
     END IF;
     v_job := public.jobq_new_job(v_user, p_job_type, p_params, p_priority, p_max_retries, NULL, interval '24 hours');
-    PERFORM pg_advisory_xact_lock(1785292081, hashtext(v_user::text));
+    PERFORM public.jobq_lock_user(v_user);
     RETURN QUERY
     SELECT j.id, false, j.status FROM public.job_queue j
      WHERE j.user_id = v_user AND j.job_type = p_job_type
@@ -974,6 +1001,8 @@ $$;
 CREATE FUNCTION public.retry_failed_jobs(p_limit integer DEFAULT 1000)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = ''
+    -- run every few minutes: plan with the real values, never a generic plan
+    SET plan_cache_mode = 'force_custom_plan'
 AS $$
 DECLARE
     v_count integer;
@@ -1003,6 +1032,8 @@ CREATE FUNCTION public.cleanup_old_jobs(
     p_batch_size integer DEFAULT 100000)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = ''
+    -- run every few minutes: plan with the real values, never a generic plan
+    SET plan_cache_mode = 'force_custom_plan'
 AS $$
 DECLARE
     v_count integer;
@@ -1021,7 +1052,8 @@ BEGIN
          LIMIT p_batch_size
            FOR UPDATE SKIP LOCKED
     ), gone AS (
-        DELETE FROM public.job_queue j USING old WHERE j.id = old.id RETURNING j.id
+        -- = ANY(ARRAY(...)) probes the primary key, where a join would scan the table
+        DELETE FROM public.job_queue j WHERE j.id = ANY (ARRAY(SELECT id FROM old)) RETURNING j.id
     ), logs AS (
         DELETE FROM public.job_log l WHERE l.job_id IN (SELECT id FROM gone)
     )
@@ -1035,6 +1067,8 @@ $$;
 CREATE FUNCTION public.expire_stale_jobs()
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = ''
+    -- run every few minutes: plan with the real values, never a generic plan
+    SET plan_cache_mode = 'force_custom_plan'
 AS $$
 DECLARE
     v_count integer;
@@ -1057,6 +1091,8 @@ $$;
 CREATE FUNCTION public.detect_stuck_jobs(p_timeout interval DEFAULT interval '30 minutes')
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = ''
+    -- run every few minutes: plan with the real values, never a generic plan
+    SET plan_cache_mode = 'force_custom_plan'
 AS $$
 DECLARE
     v_cfg public.job_queue_config;
@@ -1105,6 +1141,19 @@ BEGIN
      GROUP BY j.job_type, j.status
      ORDER BY j.job_type, j.status;
 END
+$$;
+
+-- Unfinished work by type (pending, processing, failed) across all users: the
+-- dashboard's queue depth. Reads idx_job_queue_type_status only.
+CREATE FUNCTION public.get_queue_depth()
+RETURNS TABLE (job_type text, status text, job_count bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    SELECT j.job_type, j.status, count(*)
+      FROM public.job_queue j
+     WHERE j.status IN ('pending', 'processing', 'failed')
+     GROUP BY j.job_type, j.status
+     ORDER BY j.job_type, j.status
 $$;
 
 -- Claims up to p_limit runnable jobs for a worker: pending, due (run_after and
@@ -1222,7 +1271,7 @@ $$;
 -- Returns the names created.
 CREATE FUNCTION public.create_job_log_partitions(p_months_ahead integer DEFAULT 3)
 RETURNS SETOF text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = ''
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = '' SET TimeZone = 'UTC'
 AS $$
 DECLARE
     v_month timestamptz;
@@ -1234,6 +1283,8 @@ BEGIN
     IF p_months_ahead IS NULL OR p_months_ahead NOT BETWEEN 0 AND 36 THEN
         RAISE EXCEPTION 'p_months_ahead must be between 0 and 36' USING ERRCODE = '22023';
     END IF;
+    -- one creator at a time: a concurrent call waits, then finds nothing to do
+    PERFORM pg_advisory_xact_lock(1785292082);
     FOR v_month IN
         SELECT generate_series(date_trunc('month', now()),
                                date_trunc('month', now()) + make_interval(months => p_months_ahead),
@@ -1254,6 +1305,9 @@ BEGIN
         END IF;
         EXECUTE format('CREATE TABLE public.%I PARTITION OF public.job_log FOR VALUES FROM (%L) TO (%L)
                         WITH (toast_tuple_target = 8160)', v_name, v_from, v_to);
+        -- A partition queried by name skips the parent's RLS: close it like the parent.
+        EXECUTE format('REVOKE ALL ON public.%I FROM PUBLIC, anon, authenticated, service_role', v_name);
+        EXECUTE format('ALTER TABLE public.%I ENABLE ROW LEVEL SECURITY', v_name);
         IF v_strays THEN
             INSERT INTO public.job_log OVERRIDING SYSTEM VALUE SELECT * FROM pg_temp.jobq_strays;
             DROP TABLE pg_temp.jobq_strays;
@@ -1263,11 +1317,11 @@ BEGIN
 END
 $$;
 
--- Drops monthly job_log partitions whose whole range is older than p_older_than.
--- Returns the names dropped.
+-- Drops monthly job_log partitions whose whole range is older than p_older_than
+-- (and default-partition rows older than that). Returns the names dropped.
 CREATE FUNCTION public.drop_old_job_log_partitions(p_older_than interval DEFAULT interval '30 days')
 RETURNS SETOF text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = ''
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = '' SET TimeZone = 'UTC'
 AS $$
 DECLARE
     v_part record;
@@ -1286,6 +1340,8 @@ BEGIN
         EXECUTE format('DROP TABLE public.%I', v_part.relname);
         RETURN NEXT v_part.relname;
     END LOOP;
+    -- strays that landed in the default partition age out the same way
+    DELETE FROM public.job_log_default WHERE created_at < now() - p_older_than;
 END
 $$;
 
@@ -1314,6 +1370,7 @@ AS $$
         UNION ALL
         SELECT 'functions (jobq)', unnest(ARRAY[
             'create_jobs', 'claim_jobs', 'complete_jobs', 'heartbeat_jobs', 'release_jobs', 'retry_job',
+            'get_queue_depth',
             'create_job_log_partitions', 'drop_old_job_log_partitions'])
         UNION ALL
         SELECT 'triggers', unnest(ARRAY['job_queue_updated_at', 'job_status_change_notify'])
@@ -1359,6 +1416,7 @@ $$;
 ALTER TABLE public.job_queue ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.job_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.job_queue_config ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.job_queue_user_lock ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY job_queue_select_own ON public.job_queue
     FOR SELECT TO authenticated
@@ -1386,8 +1444,21 @@ CREATE POLICY job_log_insert_service ON public.job_log
 
 -- Supabase's default privileges grant new tables and functions to the API
 -- roles; take everything back, then grant exactly what each role needs.
-REVOKE ALL ON public.job_queue, public.job_log, public.job_log_default, public.job_queue_config
+REVOKE ALL ON public.job_queue, public.job_log, public.job_log_default, public.job_queue_config,
+              public.job_queue_user_lock
     FROM PUBLIC, anon, authenticated, service_role;
+REVOKE ALL ON SEQUENCE public.job_log_id_seq FROM PUBLIC, anon, authenticated, service_role;
+-- The runner's history table (created by `jobq migrate` / `jobq sql` before
+-- this file runs) is nobody's business but the owner's.
+DO $history$
+BEGIN
+    IF to_regclass('public.jobq_migrations') IS NOT NULL THEN
+        REVOKE ALL ON public.jobq_migrations FROM PUBLIC, anon, authenticated, service_role;
+        ALTER TABLE public.jobq_migrations ENABLE ROW LEVEL SECURITY;
+    END IF;
+END
+$history$;
+ALTER TABLE public.job_log_default ENABLE ROW LEVEL SECURITY;
 GRANT SELECT, UPDATE (status) ON public.job_queue TO authenticated;
 GRANT SELECT ON public.job_log TO authenticated;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.job_queue, public.job_log TO service_role;
@@ -1404,6 +1475,7 @@ DECLARE
         'update_job_progress', 'start_job', 'complete_job', 'fail_job', 'add_job_log',
         'retry_failed_jobs', 'cleanup_old_jobs', 'expire_stale_jobs', 'detect_stuck_jobs',
         'claim_jobs', 'complete_jobs', 'heartbeat_jobs', 'release_jobs', 'create_job_log_partitions',
+        'get_queue_depth',
         'drop_old_job_log_partitions'];
     f record;
 BEGIN
