@@ -192,6 +192,9 @@ def worker_cmd(
         float, typer.Option(help="Seconds without heartbeat before a job counts as stuck.")
     ] = 1800.0,
     worker_id: Annotated[str | None, typer.Option(help="Name of this worker.")] = None,
+    burst: Annotated[
+        bool, typer.Option(help="Stop once no job is runnable and none is running.")
+    ] = False,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C (running jobs finish or are released)."""
     import logging
@@ -222,6 +225,7 @@ def worker_cmd(
         worker_id=worker_id,
         maintenance=tasks,
         run_maintenance=maintenance,
+        burst=burst,
     ).run_forever()
 
 
@@ -477,6 +481,7 @@ def stats_cmd(
 def serve_cmd(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    access_log: Annotated[bool, typer.Option(help="Log every request on stdout.")] = True,
 ) -> None:
     """Serve the HTTP API (settings from DATABASE_URL and JOBQ_* variables)."""
     from jobq.api.server import serve
@@ -484,7 +489,7 @@ def serve_cmd(
 
     try:
         settings = Settings.from_env()
-        serve(host, port, settings)
+        serve(host, port, settings, access_log=access_log)
     except SettingsError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc

@@ -123,6 +123,7 @@ class Worker:
         maintenance: Sequence[schedule.MaintenanceTask] | None = None,
         run_maintenance: bool = True,
         leader_retry: float = 5.0,
+        burst: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -143,6 +144,8 @@ class Worker:
         )
         self.run_maintenance = run_maintenance
         self.leader_retry = leader_retry
+        # burst: stop once nothing is runnable and nothing runs (scripts, tests, cron)
+        self.burst = burst
 
         self.completed = 0
         self.failed = 0
@@ -160,6 +163,8 @@ class Worker:
         )
         self._pool: AsyncConnectionPool | None = None
         self._started = asyncio.Event()
+        # the flush loop and shutdown both flush: one at a time
+        self._flush_lock = asyncio.Lock()
 
     # -- public -------------------------------------------------------------
 
@@ -240,6 +245,10 @@ class Worker:
             backoff.reset()
             for job in jobs:
                 self._start(job)
+            if self.burst and not jobs and not self._running:
+                log.info("burst: nothing left to run, stopping")
+                self.stop()
+                return
             if len(jobs) < want:
                 await self._nap(self.poll_interval)
 
@@ -396,7 +405,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         while self._outbox:
             try:
-                await self._flush_once()
+                async with self._flush_lock:
+                    await self._flush_once()
                 backoff.reset()
             except _TRANSIENT as exc:
                 if deadline is not None and loop.time() > deadline:
