@@ -18,11 +18,11 @@ from jobq.errors import JobqError as JobqError
 from jobq.errors import NotFound as NotFound
 from jobq.errors import PayloadTooLarge as PayloadTooLarge
 from jobq.errors import RateLimited as RateLimited
-from jobq.models import Job as Job
-from jobq.models import JobLog as JobLog
-from jobq.models import StatRow as StatRow
 from jobq.handlers import JobCancelled as JobCancelled
 from jobq.handlers import JobContext as JobContext
 from jobq.handlers import JobFailed as JobFailed
 from jobq.handlers import Registry as Registry
+from jobq.models import Job as Job
+from jobq.models import JobLog as JobLog
+from jobq.models import StatRow as StatRow
 from jobq.worker import Worker as Worker
