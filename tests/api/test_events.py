@@ -7,6 +7,7 @@ Every wait is on an event (an SSE frame, a worker's gate), never a sleep.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 from tests.api._support import A, Api, B, Frame, SSEReader
 
+from jobq.api.events import Closed, EventHub, Subscription
 from jobq.handlers import JobContext, Registry
 from jobq.worker import Worker
 
@@ -191,3 +193,29 @@ def test_server_shutdown_ends_open_streams(start_api: Callable[..., Api], sse: O
     api.server.stop(timeout=20)
     assert reader.ended.wait(20)
     assert not api.server._thread.is_alive()
+
+
+def test_hub_filters_by_user_and_drops_subscribers_that_stop_reading() -> None:
+    async def main() -> None:
+        hub = EventHub("postgresql://unused", max_queue=2)
+        mine, theirs, service = Subscription(A, 2), Subscription(B, 2), Subscription(None, 10)
+        hub._subs.update({mine, theirs, service})
+        for i in range(3):
+            hub._dispatch(json.dumps({"user_id": str(A), "job_id": f"a{i}", "status": "pending"}))
+        hub._dispatch(json.dumps({"user_id": str(B), "job_id": "b0", "status": "pending"}))
+        hub._dispatch("not json")
+        hub._dispatch(json.dumps(["no", "user"]))
+        # A's subscriber overflowed on the third frame: closed and forgotten
+        assert mine.closed
+        assert hub.subscribers == 2
+        got = [await mine.next(0) for _ in range(3)]
+        assert [json.loads(f.split("data: ")[1])["job_id"] for f in got[:2]] == ["a0", "a1"]
+        assert isinstance(got[2], Closed)
+        only_b = await theirs.next(0)
+        assert isinstance(only_b, str)
+        assert '"job_id": "b0"' in only_b
+        assert await theirs.next(0) is None  # nothing else: a timeout, not a frame
+        frames = [await service.next(0) for _ in range(4)]
+        assert all(isinstance(f, str) and f.startswith("event: job\nid: ") for f in frames)
+
+    asyncio.run(main())

@@ -173,6 +173,9 @@ class EventHub:
                 await self._listen()
             except (psycopg.Error, OSError) as exc:
                 log.warning("event listener lost its connection: %s; reconnecting", exc)
+            except Exception:
+                # A bug must not silence /events for the life of the process.
+                log.exception("event listener failed; restarting it")
             if self.connections != before:
                 delay = 0.1  # it was up: start the backoff again
             await asyncio.sleep(delay)
@@ -202,6 +205,8 @@ class EventHub:
     def _broadcast(self, text: str) -> None:
         for sub in list(self._subs):
             sub.push(text)
+            if sub.closed:  # it overflowed (or its stream ended unseen): forget it
+                self._subs.discard(sub)
 
     def _dispatch(self, payload: str) -> None:
         try:
@@ -217,3 +222,5 @@ class EventHub:
         for sub in list(self._subs):
             if sub.wants(owner):
                 sub.push(text)
+                if sub.closed:
+                    self._subs.discard(sub)
