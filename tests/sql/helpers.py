@@ -52,6 +52,7 @@ JOBQ_FUNCTIONS = (
     "create_job_log_partitions",
     "drop_old_job_log_partitions",
     "get_queue_depth",
+    "get_job_throughput",
 )
 ALL_API_FUNCTIONS = SPEC_FUNCTIONS + JOBQ_FUNCTIONS
 
@@ -67,6 +68,7 @@ USER_FUNCTIONS = frozenset(
         "get_user_jobs",
         "get_job_logs",
         "get_job_queue_stats",
+        "get_job_throughput",
     }
 )
 SERVICE_FUNCTIONS = frozenset(ALL_API_FUNCTIONS) - USER_FUNCTIONS

@@ -417,6 +417,7 @@ CALLS: dict[str, str] = {
     "get_user_jobs": "select * from get_user_jobs(%(a)s)",
     "get_job_logs": "select * from get_job_logs(%(a_pending)s)",
     "get_job_queue_stats": "select * from get_job_queue_stats(%(a)s)",
+    "get_job_throughput": "select * from get_job_throughput(%(a)s)",
     "update_job_progress": "select update_job_progress(%(a_processing)s, 50)",
     "start_job": "select * from start_job(%(a_pending)s, 'evil')",
     "complete_job": "select complete_job(%(a_processing)s, '{\"forged\": true}')",
@@ -495,6 +496,7 @@ B_AGAINST_A = [
     ("get_job_logs", "select * from get_job_logs(%(a_pending)s, %(b)s)", "P0002"),
     ("get_job_logs", "select * from get_job_logs(null, %(a)s)", "42501"),
     ("get_job_queue_stats", CALLS["get_job_queue_stats"], "42501"),
+    ("get_job_throughput", CALLS["get_job_throughput"], "42501"),
 ]
 
 

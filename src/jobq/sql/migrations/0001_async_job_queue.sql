@@ -1156,6 +1156,53 @@ AS $$
      ORDER BY j.job_type, j.status
 $$;
 
+-- Jobs that finished since now() - p_since (at most a day), for the
+-- dashboard's throughput and latency charts: finished jobs per status and the
+-- p50/p95 run time (started_at -> completed_at) of the completed ones, in three
+-- groupings told apart by which key is NULL:
+--   bucket set, job_type NULL   one row per UTC minute that saw a finish
+--   bucket NULL, job_type set   one row per job type over the whole window
+--   both NULL                   the whole window (always present, zeros if idle)
+-- p_user_id NULL = every user (service callers only). Reads
+-- idx_job_queue_cleanup (finished jobs by completed_at): a bounded range scan,
+-- however many jobs the table holds. A failed job retried since is pending
+-- again and no longer counted.
+CREATE FUNCTION public.get_job_throughput(
+    p_user_id uuid DEFAULT NULL,
+    p_since interval DEFAULT interval '1 hour')
+RETURNS TABLE (
+    bucket timestamptz, job_type text,
+    completed bigint, failed bigint, cancelled bigint, expired bigint,
+    p50_duration_ms double precision, p95_duration_ms double precision)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ''
+    -- polled by dashboards: plan with the real window, never a generic plan
+    SET plan_cache_mode = 'force_custom_plan'
+AS $$
+DECLARE
+    v_user uuid := public.jobq_acting_user(p_user_id, true);
+BEGIN
+    IF p_since IS NULL OR p_since <= interval '0' OR p_since > interval '1 day' THEN
+        RAISE EXCEPTION 'p_since must be a positive interval of at most 1 day' USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    SELECT date_trunc('minute', j.completed_at, 'UTC'), j.job_type,
+           count(*) FILTER (WHERE j.status = 'completed'),
+           count(*) FILTER (WHERE j.status = 'failed'),
+           count(*) FILTER (WHERE j.status = 'cancelled'),
+           count(*) FILTER (WHERE j.status = 'expired'),
+           (percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.completed_at - j.started_at) * 1000)
+               FILTER (WHERE j.status = 'completed'))::double precision,
+           (percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM j.completed_at - j.started_at) * 1000)
+               FILTER (WHERE j.status = 'completed'))::double precision
+      FROM public.job_queue j
+     WHERE j.status IN ('completed', 'failed', 'cancelled', 'expired')
+       AND j.completed_at >= now() - p_since
+       AND (v_user IS NULL OR j.user_id = v_user)
+     GROUP BY GROUPING SETS ((date_trunc('minute', j.completed_at, 'UTC')), (j.job_type), ())
+     ORDER BY 1 NULLS LAST, 2 NULLS LAST;
+END
+$$;
+
 -- Claims up to p_limit runnable jobs for a worker: pending, due (run_after and
 -- next_retry_at), not expired; highest priority first, then FIFO. SKIP LOCKED
 -- lets any number of workers claim concurrently without waiting or sharing.
@@ -1370,7 +1417,7 @@ AS $$
         UNION ALL
         SELECT 'functions (jobq)', unnest(ARRAY[
             'create_jobs', 'claim_jobs', 'complete_jobs', 'heartbeat_jobs', 'release_jobs', 'retry_job',
-            'get_queue_depth',
+            'get_queue_depth', 'get_job_throughput',
             'create_job_log_partitions', 'drop_old_job_log_partitions'])
         UNION ALL
         SELECT 'triggers', unnest(ARRAY['job_queue_updated_at', 'job_status_change_notify'])
@@ -1470,7 +1517,7 @@ DO $grants$
 DECLARE
     v_user_fns text[] := ARRAY[
         'create_job', 'create_jobs', 'find_or_create_job', 'get_cached_job_result', 'cancel_job',
-        'retry_job', 'get_user_jobs', 'get_job_logs', 'get_job_queue_stats'];
+        'retry_job', 'get_user_jobs', 'get_job_logs', 'get_job_queue_stats', 'get_job_throughput'];
     v_service_fns text[] := ARRAY[
         'update_job_progress', 'start_job', 'complete_job', 'fail_job', 'add_job_log',
         'retry_failed_jobs', 'cleanup_old_jobs', 'expire_stale_jobs', 'detect_stuck_jobs',
