@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -177,6 +178,14 @@ def test_keep_alive_comments(api: Api, sse: OpenSSE) -> None:
     # the stream is still alive and delivering after the keep-alives
     job = create(api.as_user(A))
     reader.wait_for(for_job(job, status="pending"))
+
+
+def test_the_stream_ends_when_the_token_expires(api: Api, sse: OpenSSE) -> None:
+    short = api.tokens.user(A, exp=int(time.time()) + 2)
+    reader = sse(api, short)
+    last = reader.wait_for(lambda f: f.event == "token_expired", timeout=15)
+    assert last.data == {"code": "token_expired"}
+    assert reader.ended.wait(10)
 
 
 def test_events_need_a_signed_in_identity(api: Api) -> None:

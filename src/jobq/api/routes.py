@@ -5,6 +5,7 @@ does, and its refusals come back as jobq exceptions (see responses.py)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated, Any
@@ -367,15 +368,28 @@ async def events(request: Request, ident: Annotated[Identity, Depends(signed_in)
     if sub is None:
         raise errors.DatabaseUnavailable("the event listener is not connected")
     keepalive = rt.settings.sse_keepalive
+    # The stream lasts as long as the token: at its exp the client reconnects with a new one.
+    exp = ident.claims.get("exp")
+    ends_at = float(exp) if isinstance(exp, int | float) else None
 
     async def stream() -> AsyncIterator[str]:
         try:
             yield "retry: 3000\n: connected\n\n"
             while True:
-                item = await sub.next(keepalive)
+                wait = keepalive
+                if ends_at is not None:
+                    left = ends_at - time.time()
+                    if left <= 0:
+                        yield 'event: token_expired\ndata: {"code":"token_expired"}\n\n'
+                        return
+                    wait = min(wait, left)
+                item = await sub.next(wait)
                 if isinstance(item, Closed):
                     return
-                yield ": keep-alive\n\n" if item is None else item
+                if item is not None:
+                    yield item
+                elif ends_at is None or time.time() < ends_at:
+                    yield ": keep-alive\n\n"
         finally:
             hub.unsubscribe(sub)
 
