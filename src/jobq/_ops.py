@@ -32,7 +32,16 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from jobq.errors import InvalidInput, NotFound
-from jobq.models import Job, JobLog, JobStatus, StatRow, from_row
+from jobq.models import (
+    DepthRow,
+    Job,
+    JobLog,
+    JobStatus,
+    StatRow,
+    Throughput,
+    ThroughputRow,
+    from_row,
+)
 
 T = TypeVar("T")
 Row: TypeAlias = dict[str, Any]
@@ -383,3 +392,20 @@ def retry_job(job_id: JobId) -> Op[str]:
 def stats(*, user_id: UserId | None, since: datetime | None) -> Op[list[StatRow]]:
     rows = yield Query("get_job_queue_stats", {"user_id": user_id, "since": since})
     return [from_row(StatRow, r) for r in rows]
+
+
+def throughput(*, user_id: UserId | None, since: timedelta) -> Op[Throughput]:
+    rows = yield Query("get_job_throughput", {"user_id": user_id, "since": since})
+    parsed = [from_row(ThroughputRow, r) for r in rows]
+    (total,) = [r for r in parsed if r.bucket is None and r.job_type is None]  # always one
+    return Throughput(
+        since=since,
+        per_minute=[r for r in parsed if r.bucket is not None],
+        per_type=[r for r in parsed if r.bucket is None and r.job_type is not None],
+        total=total,
+    )
+
+
+def queue_depth() -> Op[list[DepthRow]]:
+    rows = yield Query("get_queue_depth", {})
+    return [from_row(DepthRow, r) for r in rows]

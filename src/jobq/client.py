@@ -55,7 +55,7 @@ from jobq._ops import (
 )
 from jobq.db import act_as, act_as_async, database_url
 from jobq.errors import InvalidInput, translated
-from jobq.models import Job, StatRow
+from jobq.models import DepthRow, Job, StatRow, Throughput
 
 __all__ = [
     "AsyncClient",
@@ -366,6 +366,20 @@ class Client(_Identity):
         """Counts and durations per job type and status."""
         return self._run(_ops.stats(user_id=self._user(user_id), since=since), conn)
 
+    def throughput(
+        self,
+        *,
+        user_id: UserId | None = None,
+        since: timedelta = timedelta(hours=1),
+        conn: SyncConn | None = None,
+    ) -> Throughput:
+        """Jobs finished in the last ``since`` (at most a day): per minute, per type, in all."""
+        return self._run(_ops.throughput(user_id=self._user(user_id), since=since), conn)
+
+    def queue_depth(self, *, conn: SyncConn | None = None) -> list[DepthRow]:
+        """Pending, processing and failed jobs by type, across users (service_role only)."""
+        return self._run(_ops.queue_depth(), conn)
+
 
 class AsyncClient(_Identity):
     """Asynchronous client over a :class:`psycopg_pool.AsyncConnectionPool`.
@@ -632,3 +646,17 @@ class AsyncClient(_Identity):
     ) -> list[StatRow]:
         """Counts and durations per job type and status."""
         return await self._run(_ops.stats(user_id=self._user(user_id), since=since), conn)
+
+    async def throughput(
+        self,
+        *,
+        user_id: UserId | None = None,
+        since: timedelta = timedelta(hours=1),
+        conn: AsyncConn | None = None,
+    ) -> Throughput:
+        """Jobs finished in the last ``since`` (at most a day): per minute, per type, in all."""
+        return await self._run(_ops.throughput(user_id=self._user(user_id), since=since), conn)
+
+    async def queue_depth(self, *, conn: AsyncConn | None = None) -> list[DepthRow]:
+        """Pending, processing and failed jobs by type, across users (service_role only)."""
+        return await self._run(_ops.queue_depth(), conn)

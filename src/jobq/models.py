@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
@@ -67,3 +67,34 @@ class StatRow:
     p95_duration_ms: float | None
     oldest_created_at: datetime
     newest_created_at: datetime
+
+
+@dataclass(frozen=True)
+class ThroughputRow:
+    """Finished jobs in one minute (``bucket``), of one type (``job_type``), or in all."""
+
+    bucket: datetime | None
+    job_type: str | None
+    completed: int
+    failed: int
+    cancelled: int
+    expired: int
+    p50_duration_ms: float | None
+    p95_duration_ms: float | None
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """``get_job_throughput`` split by grouping: per minute (ascending), per type, in all."""
+
+    since: timedelta
+    per_minute: list[ThroughputRow]
+    per_type: list[ThroughputRow]
+    total: ThroughputRow
+
+
+@dataclass(frozen=True)
+class DepthRow:
+    job_type: str
+    status: JobStatus
+    job_count: int

@@ -29,6 +29,7 @@ from jobq.api.runtime import runtime
 from jobq.api.schemas import (
     DEFAULT_CACHE_SECONDS,
     DEFAULT_DEDUPE_SECONDS,
+    DepthOut,
     ErrorOut,
     HealthOut,
     JobActionOut,
@@ -42,6 +43,7 @@ from jobq.api.schemas import (
     OrderBy,
     OrderDir,
     StatsOut,
+    ThroughputOut,
 )
 from jobq.client import AsyncClient
 
@@ -338,6 +340,39 @@ async def stats(
 ) -> Response:
     rows = await client.stats(user_id=user_id, since=since)
     return _json(request, {"stats": rows}, cache_control=PRIVATE_REVALIDATE)
+
+
+@router.get(
+    "/stats/throughput",
+    response_model=ThroughputOut,
+    responses=_errors(*COMMON),
+    summary="Jobs finished per minute and per type, with p50/p95 run times",
+)
+async def throughput(
+    request: Request,
+    client: Caller,
+    minutes: Annotated[int, Query(ge=1, le=1440, description="The window, in minutes")] = 60,
+    user_id: Annotated[UUID | None, Query(description="service_role: one user's only")] = None,
+) -> Response:
+    found = await client.throughput(user_id=user_id, since=timedelta(minutes=minutes))
+    payload = {
+        "minutes": minutes,
+        "per_minute": found.per_minute,
+        "per_type": found.per_type,
+        "total": found.total,
+    }
+    return _json(request, payload, cache_control=PRIVATE_REVALIDATE)
+
+
+@router.get(
+    "/stats/depth",
+    response_model=DepthOut,
+    responses=_errors(*COMMON),
+    summary="Pending, processing and failed jobs by type across users (service_role only)",
+)
+async def depth(request: Request, client: Caller) -> Response:
+    rows = await client.queue_depth()
+    return _json(request, {"depth": rows}, cache_control=PRIVATE_REVALIDATE)
 
 
 # -- events ---------------------------------------------------------------------------

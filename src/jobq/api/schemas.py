@@ -141,6 +141,34 @@ class StatsOut(BaseModel):
     stats: list[StatOut]
 
 
+class ThroughputRowOut(BaseModel):
+    bucket: datetime | None = Field(description="The UTC minute (null on per-type and total rows)")
+    job_type: str | None = Field(description="The job type (null on per-minute and total rows)")
+    completed: int
+    failed: int
+    cancelled: int
+    expired: int
+    p50_duration_ms: float | None = Field(description="Median run time of the completed jobs")
+    p95_duration_ms: float | None
+
+
+class ThroughputOut(BaseModel):
+    minutes: int = Field(description="The window: jobs finished in the last this many minutes")
+    per_minute: list[ThroughputRowOut] = Field(description="Minutes with a finish, ascending")
+    per_type: list[ThroughputRowOut]
+    total: ThroughputRowOut
+
+
+class DepthRowOut(BaseModel):
+    job_type: str
+    status: JobStatus
+    job_count: int
+
+
+class DepthOut(BaseModel):
+    depth: list[DepthRowOut]
+
+
 class HealthOut(BaseModel):
     status: Literal["ok"]
 

@@ -92,6 +92,18 @@ SELECT s.*
     p_since   => %(since)s::timestamptz
   ) AS s;
 
+-- name: get_job_throughput
+-- Finished jobs per minute, per type and in all (told apart by which key is NULL).
+SELECT t.*
+  FROM public.get_job_throughput(
+    p_user_id => %(user_id)s::uuid,
+    p_since   => %(since)s::interval
+  ) AS t;
+
+-- name: get_queue_depth
+-- Unfinished jobs by type and status, across users (service_role only).
+SELECT d.* FROM public.get_queue_depth() AS d;
+
 -- name: current_identity
 -- The role and claims in force on a caller's connection, saved before a call
 -- made on it switches them (set_config(..., true) lasts until the end of the
