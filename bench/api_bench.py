@@ -1,6 +1,7 @@
 """Requests per second of the HTTP API beside bare SQL, measured in one run.
 
-    python bench/api_bench.py [--requests 3000] [--concurrency 16] [--pool-size 8] [--jobs 2000]
+    python bench/api_bench.py [--requests 3000] [--rounds 3] [--concurrency 16]
+                              [--pool-size 8] [--jobs 2000] [--json out.json]
 
 On $DATABASE_URL or the embedded PostgreSQL 18, in a scratch database that is
 dropped at the end. The API runs as a real ``jobq serve`` process on a
@@ -10,6 +11,7 @@ the same size and settings as the server's (autocommit, same database):
 
   sql   SELECT 1                         the floor: one round trip
   sql   SELECT * FROM job_queue WHERE id  one bare indexed read (no role switch)
+  sql   SELECT 50 of a user's jobs       the bare page read (no role switch, no count)
   client get_job as the user            what GET /jobs/{id} runs: BEGIN, act as the
                                          user (role + claims), the read under RLS, COMMIT
   client list_jobs as the user           what GET /jobs runs (get_user_jobs, 50 rows)
@@ -17,7 +19,9 @@ the same size and settings as the server's (autocommit, same database):
   http  GET /jobs/{id}                   token check, client call, JSON, ETag
   http  GET /jobs                        the same for a page of 50 jobs with total_count
 
-Ratios are against ``SELECT 1`` and against the layer below. The client and
+Every row runs once per round and the rounds are interleaved, so that load
+from elsewhere on the machine falls on all rows alike; the median round is
+shown. Ratios are against ``SELECT 1`` and against the layer below. The client and
 the server share the machine's cores, so the HTTP figures include the load
 generator's own cost. Nothing is asserted: this reports.
 """
@@ -112,24 +116,6 @@ async def wait_healthy(http: httpx.AsyncClient, timeout: float = 60) -> None:
         await asyncio.sleep(0.1)
 
 
-async def measure_http(clients: list[httpx.AsyncClient], what: str, path: str, n: int) -> Result:
-    """GET ``path`` ``n`` times, one request in flight per client."""
-    free: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
-    for c in clients:
-        free.put_nowait(c)
-
-    async def get() -> None:
-        client = await free.get()
-        try:
-            r = await client.get(path)
-        finally:
-            free.put_nowait(client)
-        if r.status_code != 200:
-            raise RuntimeError(f"GET {path}: {r.status_code} {r.text[:200]}")
-
-    return await measure("http", what, get, n, len(clients))
-
-
 def admin_url() -> str:
     url = os.environ.get("DATABASE_URL")
     if url:
@@ -163,9 +149,12 @@ def seed(url: str, jobs: int) -> uuid.UUID:
     return mine[len(mine) // 2]
 
 
+Call = Callable[[], Awaitable[object]]
+
+
 async def run(args: argparse.Namespace, url: str, job_id: uuid.UUID) -> list[Result]:
-    results: list[Result] = []
-    n, conc = args.requests, args.concurrency
+    """Every row once per round, rounds interleaved so that background load hits all rows."""
+    conc = args.concurrency
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         url,
         min_size=args.pool_size,
@@ -174,33 +163,12 @@ async def run(args: argparse.Namespace, url: str, job_id: uuid.UUID) -> list[Res
         open=False,
     )
     await pool.open(wait=True)
-    try:
+    user = AsyncClient(pool=pool).as_user(USER)
 
-        async def select_1() -> None:
-            async with pool.connection() as conn:
-                await conn.execute("SELECT 1")
-
-        async def select_job() -> None:
-            async with pool.connection() as conn:
-                cur = await conn.execute("SELECT * FROM job_queue WHERE id = %s", (job_id,))
-                await cur.fetchall()
-
-        user = AsyncClient(pool=pool).as_user(USER)
-
-        async def client_get() -> None:
-            await user.get_job(job_id)
-
-        async def client_list() -> None:
-            await user.list_jobs(limit=50)
-
-        results.append(await measure("sql", "SELECT 1", select_1, n, conc))
-        results.append(
-            await measure("sql", "SELECT * FROM job_queue WHERE id", select_job, n, conc)
-        )
-        results.append(await measure("client", "get_job as user", client_get, n, conc))
-        results.append(await measure("client", "list_jobs as user (50)", client_list, n, conc))
-    finally:
-        await pool.close()
+    async def sql_call(query: str, params: tuple[Any, ...] = ()) -> None:
+        async with pool.connection() as conn:
+            cur = await conn.execute(query, params)  # type: ignore[arg-type]
+            await cur.fetchall()
 
     port = free_port()
     env = {
@@ -214,27 +182,80 @@ async def run(args: argparse.Namespace, url: str, job_id: uuid.UUID) -> list[Res
         [sys.executable, "-m", "jobq", "serve", "--port", str(port), "--no-access-log"],
         env=env,
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {mint_token(SECRET, user_id=USER)}"}
+    # One client (one keep-alive connection) per request in flight: a single shared
+    # httpx pool serialises on its own lock and would measure itself.
+    clients = [httpx.AsyncClient(base_url=base, headers=headers, timeout=60) for _ in range(conc)]
+    free: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+    for c in clients:
+        free.put_nowait(c)
+
+    def http_get(path: str) -> Call:
+        async def get() -> None:
+            client = await free.get()
+            try:
+                r = await client.get(path)
+            finally:
+                free.put_nowait(client)
+            if r.status_code != 200:
+                raise RuntimeError(f"GET {path}: {r.status_code} {r.text[:200]}")
+
+        return get
+
+    rows: list[tuple[str, str, Call]] = [
+        ("sql", "SELECT 1", lambda: sql_call("SELECT 1")),
+        (
+            "sql",
+            "SELECT * FROM job_queue WHERE id",
+            lambda: sql_call("SELECT * FROM job_queue WHERE id = %s", (job_id,)),
+        ),
+        (
+            "sql",
+            "SELECT 50 of a user's jobs",
+            lambda: sql_call(
+                "SELECT * FROM job_queue WHERE user_id = %s"
+                " ORDER BY created_at DESC, id DESC LIMIT 50",
+                (USER,),
+            ),
+        ),
+        ("client", "get_job as user", lambda: user.get_job(job_id)),
+        ("client", "list_jobs as user (50)", lambda: user.list_jobs(limit=50)),
+        ("http", "GET /health", http_get("/health")),
+        ("http", "GET /jobs/{id}", http_get(f"/jobs/{job_id}")),
+        ("http", "GET /jobs (50)", http_get("/jobs")),
+    ]
+    per_round = max(1, args.requests // args.rounds)
+    measured: dict[str, list[Result]] = {what: [] for _, what, _ in rows}
     try:
-        base = f"http://127.0.0.1:{port}"
-        token = mint_token(SECRET, user_id=USER)
-        headers = {"Authorization": f"Bearer {token}"}
-        # One client (one keep-alive connection) per task in flight: a single shared
-        # httpx pool serialises on its own lock and would measure itself.
-        clients = [
-            httpx.AsyncClient(base_url=base, headers=headers, timeout=60) for _ in range(conc)
-        ]
-        try:
-            await wait_healthy(clients[0])
-            results.append(await measure_http(clients, "GET /health", "/health", n))
-            results.append(await measure_http(clients, "GET /jobs/{id}", f"/jobs/{job_id}", n))
-            results.append(await measure_http(clients, "GET /jobs (50)", "/jobs", n))
-        finally:
-            for c in clients:
-                await c.aclose()
+        await wait_healthy(clients[0])
+        for _ in range(args.rounds):
+            for layer, what, call in rows:
+                measured[what].append(await measure(layer, what, call, per_round, conc))
     finally:
+        for c in clients:
+            await c.aclose()
+        await pool.close()
         server.send_signal(signal.SIGTERM)
         server.wait(30)
+    results = []
+    for layer, what, _ in rows:
+        runs = measured[what]
+        total = sum(r.requests for r in runs)
+        # seconds such that requests / seconds is the median round's req/s
+        median_rps = statistics.median(r.rps for r in runs)
+        results.append(
+            Result(
+                layer,
+                what,
+                total,
+                total / median_rps,
+                statistics.median(r.p50_ms for r in runs),
+                max(r.p99_ms for r in runs),
+            )
+        )
     return results
 
 
@@ -243,15 +264,15 @@ def report(results: list[Result], args: argparse.Namespace, server_version: str)
     floor = by["SELECT 1"].rps
     below = {
         "get_job as user": "SELECT * FROM job_queue WHERE id",
-        "list_jobs as user (50)": "get_job as user",
+        "list_jobs as user (50)": "SELECT 50 of a user's jobs",
         "GET /health": "SELECT 1",
         "GET /jobs/{id}": "get_job as user",
         "GET /jobs (50)": "list_jobs as user (50)",
     }
     lines = [
-        f"jobq API benchmark: {server_version}; {args.requests} requests per row, "
-        f"{args.concurrency} in flight, pool of {args.pool_size}, "
-        f"{os.cpu_count()} cores, {args.jobs} jobs per user",
+        f"jobq API benchmark: {server_version}; {args.requests} requests per row in "
+        f"{args.rounds} interleaved rounds (median round shown), {args.concurrency} in flight, "
+        f"pool of {args.pool_size}, {os.cpu_count()} cores, {args.jobs} jobs per user",
         "",
         "| layer | what | req/s | p50 ms | p99 ms | vs SELECT 1 | vs the layer below |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
@@ -269,6 +290,7 @@ def report(results: list[Result], args: argparse.Namespace, server_version: str)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--requests", type=int, default=3000, help="requests per row")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     ap.add_argument("--pool-size", type=int, default=8, help="connections (server and baselines)")
     ap.add_argument("--jobs", type=int, default=2000, help="jobs of the benchmark user")
