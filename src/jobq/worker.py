@@ -648,11 +648,21 @@ async def _best_effort(
     try:
         await conn.execute(sql, params)
         return True
-    except _TRANSIENT:
-        raise
     except psycopg.Error as exc:
+        # A refusal of a class-55 kind (the job is no longer processing: completed or
+        # cancelled meanwhile) is an OperationalError too: only a lost connection retries.
+        if _lost_connection(exc):
+            raise
         log.info("write refused (%s): %s", exc.sqlstate, exc.diag.message_primary)
         return False
+
+
+def _lost_connection(exc: psycopg.Error) -> bool:
+    """True for connection trouble (worth retrying), False for a refusal of the write."""
+    state = exc.sqlstate or ""
+    # no SQLSTATE: the connection or the pool failed; 08: connection exception;
+    # 57P01-57P03: server shutting down / starting; 53: out of resources.
+    return not state or state.startswith(("08", "57P", "53"))
 
 
 async def _as_service_role(conn: psycopg.AsyncConnection[Any]) -> None:
