@@ -520,3 +520,49 @@ def token_cmd(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(token)
+
+
+# ---------------------------------------------------------------------------
+# jobq up: everything in one process
+# ---------------------------------------------------------------------------
+
+
+@app.command("up")
+def up_cmd(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs the worker runs at once.")] = 4,
+    examples: Annotated[
+        bool, typer.Option(help="Run the example handlers (jobq.examples) and a periodic job.")
+    ] = True,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Demo jobs to enqueue at start (with the examples).")
+    ] = 6,
+) -> None:
+    """Run the API, the dashboard and a worker in one process (DATABASE_URL or embedded).
+
+    Applies the migrations, prints the dashboard URL with a development token, and
+    keeps jobs flowing with the example handlers. Ctrl-C stops everything cleanly.
+    """
+    import logging
+    import sys
+
+    from rich.logging import RichHandler
+
+    from jobq.api.settings import SettingsError
+    from jobq.up import UpError, UpOptions, up
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=err)]
+    )
+    try:
+        up(
+            UpOptions(host=host, port=port, concurrency=concurrency, examples=examples, seed=seed),
+            sys.stdout,
+        )
+    except SettingsError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    except UpError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc

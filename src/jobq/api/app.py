@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from psycopg_pool import AsyncConnectionPool
 
 import jobq
-from jobq import db
+from jobq import dashboard, db
 from jobq.api import responses
 from jobq.api.auth import TokenVerifier
 from jobq.api.caching import PUBLIC_PATHS, CacheHeaders, CacheRules
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.jobq = rt
     app.include_router(router)
+    dashboard.mount(app)  # the web dashboard at / (static files)
     responses.install(app)
     app.add_middleware(responses.BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CacheHeaders, rules=rules)  # outermost: the last word on caching
