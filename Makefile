@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The whole system in one process: API, dashboard and a worker with example jobs.
 run: $(STAMP)
-	$(BIN)/jobq migrate
-	$(BIN)/jobq verify
+	$(BIN)/jobq up
 
 # pytest exits 5 when it collected nothing: that is a failure, not a pass.
 test: $(STAMP)
