@@ -284,7 +284,7 @@ class Worker:
                 call = asyncio.get_running_loop().run_in_executor(self._executor, spec.func, ctx)
             result = await asyncio.wait_for(call, spec.timeout)
             try:
-                json.dumps(result)
+                json.dumps(result, allow_nan=False)  # jsonb has no NaN or Infinity
             except (TypeError, ValueError) as exc:
                 raise JobFailed(
                     f"handler returned a value that is not JSON: {exc}",
@@ -483,8 +483,13 @@ class Worker:
             )
             rows = await cur.fetchall()
             self.completed += sum(1 for _, done in rows if done)
-        except psycopg.errors.ProgramLimitExceeded:
-            # A result over max_result_bytes: complete the others one by one.
+        except psycopg.Error as exc:
+            if _lost_connection(exc):
+                raise
+            # One result refused (over max_result_bytes, or a value jsonb rejects):
+            # complete the others one by one and fail that job. An error escaping
+            # here would end the flusher, and no result of this worker would be
+            # written again.
             for job_id in ids:
                 try:
                     await conn.execute(
@@ -496,12 +501,17 @@ class Worker:
                         },
                     )
                     self.completed += 1
-                except psycopg.errors.ProgramLimitExceeded as exc:
-                    self._fail(
-                        job_id, "RESULT_TOO_LARGE", exc.diag.message_primary or str(exc), False
-                    )
                 except psycopg.errors.ObjectNotInPrerequisiteState:
                     pass  # no longer ours
+                except psycopg.Error as refused:
+                    if _lost_connection(refused):
+                        raise
+                    code = (
+                        "RESULT_TOO_LARGE"
+                        if isinstance(refused, psycopg.errors.ProgramLimitExceeded)
+                        else "RESULT_NOT_JSON"
+                    )
+                    self._fail(job_id, code, refused.diag.message_primary or str(refused), False)
 
     # -- shutdown -------------------------------------------------------------------
 

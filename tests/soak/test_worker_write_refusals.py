@@ -1,0 +1,177 @@
+"""Regressions the chaos soak found in the worker's result writing.
+
+psycopg maps SQLSTATE classes 53, 54 and 55 to ``OperationalError``, the class
+the worker treated as "connection trouble, retry". jobq's refusals 55000 (job
+no longer held), 54000 (too large) and 53400 are in those classes, so one
+refused progress, log or failure write was retried for ever, and every
+completion queued behind it with it: the worker kept claiming and running jobs
+that were never completed, stuck detection failed them (STUCK) and after
+max_retries + 1 such rounds they failed for good. A result PostgreSQL refuses
+(NaN, a NUL character) killed the flusher task outright, to the same effect.
+
+Each test makes one write be refused, then checks that the worker still
+completes the next job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from jobq.handlers import JobContext, JobFailed, Registry
+from jobq.worker import Worker
+
+USER = "11111111-1111-1111-1111-111111111111"
+
+
+def run_with(worker: Worker, scenario: Callable[[], Awaitable[None]]) -> None:
+    async def main() -> None:
+        task = asyncio.create_task(worker.run())
+        try:
+            await worker.wait_started()
+            await scenario()
+        finally:
+            worker.stop()
+            await task
+
+    asyncio.run(main())
+
+
+def create(conn: psycopg.Connection[Any], job_type: str, params: str = "{}") -> UUID:
+    row = conn.execute("SELECT create_job(%s, %s, %s::jsonb)", (USER, job_type, params)).fetchone()
+    assert row is not None
+    return UUID(str(row[0]))
+
+
+async def until(conn: psycopg.Connection[Any], sql: str, params: Any = None, timeout: float = 15):
+    deadline = time.monotonic() + timeout
+    while True:
+        row = await asyncio.to_thread(lambda: conn.execute(sql, params).fetchone())
+        if row and row[0]:
+            return row[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {sql} {params}")
+        await asyncio.sleep(0.05)
+
+
+def status(conn: psycopg.Connection[Any], job: UUID) -> tuple[Any, ...]:
+    row = conn.execute(
+        "SELECT status, error_code, result FROM job_queue WHERE id = %s", (job,)
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def _registry(after_cancel: Callable[[JobContext], Any]) -> tuple[Registry, threading.Event]:
+    """``slow`` runs until its job is cancelled, then does ``after_cancel`` (a handler
+    that finishes its step before it looks at ctx.cancelled); ``quick`` just returns."""
+    reg = Registry()
+    running = threading.Event()
+
+    @reg.handler()
+    def slow(ctx: JobContext) -> Any:
+        running.set()
+        while not ctx.cancelled:
+            time.sleep(0.01)
+        return after_cancel(ctx)
+
+    @reg.handler()
+    def quick(ctx: JobContext) -> dict[str, bool]:
+        return {"ok": True}
+
+    return reg, running
+
+
+def _cancel_then_run_another(
+    conn: psycopg.Connection[Any], database_url: str, after_cancel: Callable[[JobContext], Any]
+) -> None:
+    reg, running = _registry(after_cancel)
+    worker = Worker(reg, url=database_url, poll_interval=0.2, heartbeat_interval=0.2)
+
+    async def scenario() -> None:
+        job = create(conn, "slow")
+        assert await asyncio.to_thread(running.wait, 15)
+        conn.execute("SELECT cancel_job(%s)", (job,))
+        nxt = create(conn, "quick")
+        await until(conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (nxt,))
+        assert status(conn, job)[0] == "cancelled"
+
+    run_with(worker, scenario)
+
+
+def test_progress_of_a_cancelled_job_does_not_block_later_results(conn, database_url) -> None:
+    """update_job_progress refused with 55000 (the job was cancelled meanwhile)."""
+
+    def report_progress(ctx: JobContext) -> None:
+        ctx.progress(90, "finishing the step")
+
+    _cancel_then_run_another(conn, database_url, report_progress)
+
+
+def test_failure_of_a_cancelled_job_does_not_block_later_results(conn, database_url) -> None:
+    """fail_job refused with 55000 (the job was cancelled meanwhile)."""
+
+    def fail(ctx: JobContext) -> None:
+        raise JobFailed("gave up", code="GAVE_UP")
+
+    _cancel_then_run_another(conn, database_url, fail)
+
+
+def test_progress_message_over_the_cap_does_not_block_results(conn, database_url) -> None:
+    """update_job_progress refused with 54000 (message over 1,000 characters)."""
+    reg = Registry()
+
+    @reg.handler()
+    def chatty(ctx: JobContext) -> dict[str, bool]:
+        ctx.progress(50, "x" * 2000)
+        return {"ok": True}
+
+    worker = Worker(reg, url=database_url, poll_interval=0.2)
+
+    async def scenario() -> None:
+        first = create(conn, "chatty")
+        await until(conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (first,))
+        second = create(conn, "chatty")
+        await until(conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (second,))
+
+    run_with(worker, scenario)
+
+
+def test_a_result_postgres_refuses_fails_that_job_only(conn, database_url) -> None:
+    """NaN and a NUL character are valid for json.dumps but not for jsonb: the job
+    fails (not retryable, RESULT_NOT_JSON) and the worker keeps completing others."""
+    reg = Registry()
+
+    @reg.handler()
+    def odd(ctx: JobContext) -> Any:
+        return {"nan": float("nan")} if ctx.params["kind"] == "nan" else {"s": "a\x00b"}
+
+    @reg.handler()
+    def quick(ctx: JobContext) -> dict[str, bool]:
+        return {"ok": True}
+
+    worker = Worker(reg, url=database_url, poll_interval=0.2)
+
+    async def scenario() -> None:
+        nan = create(conn, "odd", '{"kind": "nan"}')
+        nul = create(conn, "odd", '{"kind": "nul"}')
+        for job in (nan, nul):
+            await until(
+                conn, "SELECT status = 'failed' FROM job_queue WHERE id = %s", (job,), timeout=15
+            )
+        nxt = create(conn, "quick")
+        await until(conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (nxt,))
+        for job in (nan, nul):
+            assert status(conn, job)[:2] == ("failed", "RESULT_NOT_JSON")
+            row = conn.execute(
+                "SELECT next_retry_at FROM job_queue WHERE id = %s", (job,)
+            ).fetchone()
+            assert row == (None,), "a result that cannot be stored will not get better"
+
+    run_with(worker, scenario)
