@@ -263,6 +263,11 @@ class Worker:
             return [from_row(Job, row) for row in await cur.fetchall()]
 
     def _start(self, job: Job) -> None:
+        # Claimed again (an earlier attempt here was rescued while its writes waited
+        # in the outbox): those writes belong to that attempt, not to this one.
+        self._outbox.completions.pop(job.id, None)
+        self._outbox.failures.pop(job.id, None)
+        self._outbox.progress.pop(job.id, None)
         ctx = JobContext(job, self.worker_id, self._reporter, asyncio.get_running_loop())
         running = _Running(job, ctx)
         self._running[job.id] = running
@@ -271,6 +276,16 @@ class Worker:
     async def _run_job(self, running: _Running) -> None:
         job, ctx = running.job, running.ctx
         spec = self.registry.get(job.job_type)
+
+        def current() -> bool:
+            # False once this job was claimed here again (this attempt was rescued
+            # while it ran): its result or failure would land on the new attempt.
+            return self._running.get(job.id) is running
+
+        def fail(code: str, message: str, retryable: bool) -> None:
+            if current():
+                self._fail(job.id, code, message, retryable)
+
         try:
             if spec is None:
                 raise JobFailed(
@@ -291,8 +306,9 @@ class Worker:
                     code="RESULT_NOT_JSON",
                     retryable=False,
                 ) from exc
-            self._outbox.completions[job.id] = result
-            self._outbox.wake.set()
+            if current():
+                self._outbox.completions[job.id] = result
+                self._outbox.wake.set()
         except asyncio.CancelledError:
             # Stopped on purpose: a cancelled or lost job has nothing to write;
             # a shutdown-stopped one is released by _shutdown.
@@ -300,16 +316,15 @@ class Worker:
                 raise
         except TimeoutError:
             ctx._cancel()  # a sync handler's thread cannot be killed: ask it to stop
-            self._fail(
-                job.id, "TIMEOUT", f"handler ran longer than {spec.timeout if spec else '?'}s", True
-            )
+            fail("TIMEOUT", f"handler ran longer than {spec.timeout if spec else '?'}s", True)
         except JobFailed as exc:
-            self._fail(job.id, exc.code, str(exc), exc.retryable)
+            fail(exc.code, str(exc), exc.retryable)
         except Exception as exc:
             if running.stopped is None:
-                self._fail(job.id, type(exc).__name__, str(exc) or repr(exc), True)
+                fail(type(exc).__name__, str(exc) or repr(exc), True)
         finally:
-            self._running.pop(job.id, None)
+            if current():
+                del self._running[job.id]
             self._wake.set()
 
     def _fail(self, job_id: UUID, code: str, message: str, retryable: bool) -> None:

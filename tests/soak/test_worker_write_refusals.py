@@ -175,3 +175,95 @@ def test_a_result_postgres_refuses_fails_that_job_only(conn, database_url) -> No
             assert row == (None,), "a result that cannot be stored will not get better"
 
     run_with(worker, scenario)
+
+
+def test_a_stale_completion_does_not_complete_the_next_attempt(conn, database_url) -> None:
+    """A completion still queued when its job was rescued (STUCK, retried) and claimed
+    again by the same worker belongs to the earlier attempt: it must not complete the
+    new one (the soak saw this after PostgreSQL outages longer than the stuck timeout,
+    when completions waited in the outbox while stuck detection ran)."""
+    conn.execute("UPDATE job_queue_config SET retry_base_delay = '0'")
+    reg = Registry()
+    second_running, second_go = threading.Event(), threading.Event()
+
+    @reg.handler()
+    def twice(ctx: JobContext) -> dict[str, int]:
+        if ctx.attempt >= 2:
+            second_running.set()
+            second_go.wait(15)
+        return {"attempt": ctx.attempt}
+
+    worker = Worker(reg, url=database_url, poll_interval=0.2, heartbeat_interval=0.2)
+    writes_blocked = True
+    real_flush = worker._flush_once
+
+    async def flaky_flush() -> None:
+        if writes_blocked:  # as if the database were out of reach for this worker
+            raise psycopg.OperationalError("simulated: connection lost")
+        await real_flush()
+
+    worker._flush_once = flaky_flush  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        nonlocal writes_blocked
+        job = create(conn, "twice")
+        # attempt 1 ran; its completion waits in the outbox; stuck detection rescues it
+        await until(conn, "SELECT attempts = 1 FROM job_queue WHERE id = %s", (job,))
+        deadline = time.monotonic() + 15
+        while job not in worker._outbox.completions:
+            assert time.monotonic() < deadline, "attempt 1 never finished"
+            await asyncio.sleep(0.02)
+        conn.execute(
+            "UPDATE job_queue SET heartbeat_at = now() - interval '1 hour' WHERE id = %s", (job,)
+        )
+        conn.execute("SELECT detect_stuck_jobs(interval '1 minute'), retry_failed_jobs()")
+        # the same worker claims attempt 2 and runs it; now the database is back
+        assert await asyncio.to_thread(second_running.wait, 15)
+        writes_blocked = False
+        await asyncio.sleep(1.0)  # time for the stale completion to be (wrongly) written
+        assert status(conn, job)[0] == "processing", "attempt 2 is still running"
+        second_go.set()
+        await until(conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (job,))
+        assert status(conn, job)[2] == {"attempt": 2}
+
+    run_with(worker, scenario)
+
+
+def test_an_earlier_attempt_still_running_here_does_not_complete_the_next(
+    conn, database_url
+) -> None:
+    """Attempt 1 was rescued (STUCK) while its sync handler, which does not look at
+    ctx.cancelled, kept running; this worker then claimed attempt 2. When attempt 1
+    returns, its result must not complete attempt 2, and attempt 2 must stay tracked
+    (heartbeats, concurrency) until it ends."""
+    conn.execute("UPDATE job_queue_config SET retry_base_delay = '0'")
+    reg = Registry()
+    first_running, first_go = threading.Event(), threading.Event()
+    second_running, second_go = threading.Event(), threading.Event()
+
+    @reg.handler()
+    def stubborn(ctx: JobContext) -> dict[str, int]:
+        started, go = (first_running, first_go) if ctx.attempt == 1 else (second_running, second_go)
+        started.set()
+        go.wait(15)
+        return {"attempt": ctx.attempt}
+
+    worker = Worker(reg, url=database_url, poll_interval=0.2, heartbeat_interval=0.2)
+
+    async def scenario() -> None:
+        job = create(conn, "stubborn")
+        assert await asyncio.to_thread(first_running.wait, 15)
+        conn.execute(
+            "UPDATE job_queue SET heartbeat_at = now() - interval '1 hour' WHERE id = %s", (job,)
+        )
+        conn.execute("SELECT detect_stuck_jobs(interval '1 minute'), retry_failed_jobs()")
+        assert await asyncio.to_thread(second_running.wait, 15)
+        first_go.set()  # attempt 1 returns now
+        await asyncio.sleep(1.0)
+        assert status(conn, job)[0] == "processing", "attempt 2 is still running"
+        assert job in worker._running, "attempt 2 is still tracked"
+        second_go.set()
+        await until(conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (job,))
+        assert status(conn, job)[2] == {"attempt": 2}
+
+    run_with(worker, scenario)
