@@ -196,7 +196,7 @@ async function signIn(token) {
   $("role").classList.toggle("service", state.service);
   $("ident").textContent = state.service ? "every user's jobs" : state.claims.sub ?? "";
   $("ident").title = state.claims.sub ?? "";
-  $("jobs-scope").textContent = state.service ? "all users, newest first" : "newest first";
+  $("jobs-scope").textContent = state.service ? "all users" : "newest first";
   $("signin").hidden = true;
   $("who").hidden = false;
   $("app").hidden = false;
@@ -372,6 +372,12 @@ async function loadDetail() {
 }
 
 function renderDetail(job) {
+  const bar = $("detail-progress");
+  if ($("detail").dataset.id !== job.id) {
+    // another job: jump to its progress instead of animating from the last one's
+    bar.classList.add("instant");
+    requestAnimationFrame(() => requestAnimationFrame(() => bar.classList.remove("instant")));
+  }
   $("detail").dataset.id = job.id;
   $("detail").dataset.status = job.status;
   $("detail-type").textContent = job.job_type;
@@ -379,7 +385,7 @@ function renderDetail(job) {
   const st = $("detail-status");
   st.className = `pill ${job.status}`;
   st.textContent = job.status;
-  setProgress($("detail-progress"), job.status, job.progress_percent);
+  setProgress(bar, job.status, job.progress_percent);
   $("detail-message").textContent = job.progress_message ?? "";
   $("detail-cancel").disabled = !ACTIVE.has(job.status);
   $("detail-retry").disabled = job.status !== "failed";
@@ -515,7 +521,7 @@ async function loadStats() {
       const depth = await api("stats/depth");
       counts = depth.depth.slice();
       for (const r of throughput.per_type) for (const st of FINISHED) if (st !== "failed" && r[st]) counts.push({ job_type: r.job_type, status: st, job_count: r[st] });
-      $("status-scope").textContent = "queue now + finished in the last hour";
+      $("status-scope").textContent = "queue + last hour";
     } else {
       const stats = await api("stats", { params: { user_id: scopeUser } });
       counts = stats.stats;
