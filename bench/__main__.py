@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--large-logs", type=int, help="log rows in the large scale table (full: 10M)")
     ap.add_argument("--spec-jobs", type=int, help="jobs in the spec table database (full: 1M)")
     ap.add_argument("--seconds", type=float, help="seconds per throughput measurement")
+    ap.add_argument(
+        "--merge", action="store_true", help="keep other sections of today's earlier run"
+    )
+    ap.add_argument("--rounds", type=int, help="interleaved rounds per throughput figure")
     ap.add_argument("--out", type=Path, default=HERE / "results", help="where results go")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -47,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.large_logs:
         scale_sizes = dataclasses.replace(scale_sizes, large_logs=args.large_logs)
     tput_sizes = throughput.QUICK if args.quick else throughput.FULL
+    if args.rounds:
+        tput_sizes = dataclasses.replace(tput_sizes, rounds=args.rounds)
     if args.seconds:
         tput_sizes = dataclasses.replace(tput_sizes, seconds=args.seconds)
     lat_sizes = latency.QUICK if args.quick else latency.FULL
@@ -70,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         common.drop_all()
     total = time.perf_counter() - started
+    machine["load at end"] = common.machine_load()
 
     today = dt.date.today().isoformat()
     stem = today + ("-quick" if args.quick else "")
@@ -96,8 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         "Baselines use a table made with LIKE job_queue INCLUDING ALL: same columns and",
         "indexes, no triggers, no RLS.",
     ]
-    md = report.markdown(title, machine, sections, header)
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / f"{stem}.json"
+    if args.merge and previous.exists():
+        # Keep the sections of an earlier run today that this run did not redo.
+        _, before = report.load_json(previous)
+        kept = [k for k in before if k not in sections]
+        for k in kept:
+            sections[k] = before[k]
+        if kept:
+            header.append("")
+            header.append(f"Sections {', '.join(kept)} are from an earlier run today (--merge).")
+        sections = {k: sections[k] for k in SECTIONS if k in sections}
+    md = report.markdown(title, machine, sections, header)
     (args.out / f"{stem}.md").write_text(md)
     report.save_json(args.out / f"{stem}.json", machine, sections)
     report.chart(args.out / f"{stem}.png", sections, title)

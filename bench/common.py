@@ -285,7 +285,19 @@ def machine_info(admin: str) -> dict[str, str]:
         "kernel": kernel,
         "server": "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded",
         "pg_settings": ", ".join(f"{k}={v}" for k, v in sorted(settings.items())),
+        "load at start": machine_load(),
     }
+
+
+def machine_load() -> str:
+    """Load average and other pytest runs: this 2-core machine is shared while we measure."""
+    one, five, _ = os.getloadavg()
+    try:
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        others = sum(1 for line in ps.splitlines() if "pytest" in line and "python" in line)
+    except OSError:
+        others = -1
+    return f"loadavg {one:.1f} (1 min) {five:.1f} (5 min); {others} pytest process(es) running"
 
 
 # The user bench jobs belong to when no particular user matters.

@@ -58,7 +58,8 @@ def markdown(
     lines += header
     lines += ["", "## Machine", ""]
     lines += ["| | |", "| --- | --- |"]
-    for k in ("cpu", "cores", "ram", "postgres", "python", "kernel", "server", "pg_settings"):
+    keys = ("cpu", "cores", "ram", "postgres", "python", "kernel", "server", "pg_settings")
+    for k in (*keys, "load at start", "load at end"):
         lines.append(f"| {k} | {machine.get(k, '')} |")
     for key in ORDER:
         sel = [r for r in rows if r.section == key]
@@ -134,3 +135,12 @@ def save_json(path: Path, machine: dict[str, str], sections: dict[str, Section])
         },
     }
     path.write_text(json.dumps(data, indent=1, default=str))
+
+
+def load_json(path: Path) -> tuple[dict[str, str], dict[str, Section]]:
+    data = json.loads(path.read_text())
+    sections = {
+        k: Section(rows=[Row(**r) for r in v["rows"]], notes=v["notes"], seconds=v["seconds"])
+        for k, v in data["sections"].items()
+    }
+    return data["machine"], sections

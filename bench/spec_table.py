@@ -41,6 +41,7 @@ class SpecSizes:
     pending: int = 10_000
     cleanup: int = 100_000
     bulk: int = 1_000
+    logs: int = 1_000_000  # log rows beside the jobs (cleanup deletes a job's logs too)
     runs: int = 200
     slow_runs: int = 10  # bulk, cleanup, global analytics
 
@@ -49,7 +50,9 @@ class SpecSizes:
         return self.jobs >= 1_000_000 and self.cleanup >= 100_000
 
 
-QUICK = SpecSizes(jobs=100_000, users=100, pending=10_000, cleanup=20_000, runs=60, slow_runs=5)
+QUICK = SpecSizes(
+    jobs=100_000, users=100, pending=10_000, cleanup=20_000, logs=100_000, runs=60, slow_runs=5
+)
 FULL = SpecSizes()
 
 
@@ -172,6 +175,11 @@ def run(admin: str, sizes: SpecSizes) -> Section:
             f"spec table: seeded {sizes.jobs:,} jobs ({sizes.users:,} users x "
             f"{sizes.jobs // sizes.users:,} jobs, {sizes.pending:,} pending) in {rep.seconds:.1f} s "
             f"+ VACUUM ANALYZE {rep.vacuum_seconds:.1f} s"
+        )
+        lrep, _ = seed.seed_logs(url, logs=sizes.logs, log_job_lines=1000)
+        section.notes.append(
+            f"spec table: {sizes.logs:,} log rows beside them in {lrep.seconds:.1f} s "
+            f"+ {lrep.vacuum_seconds:.1f} s"
         )
         seed_special(url)
         jobs_per_user = sizes.jobs // sizes.users

@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class TputSizes:
-    seconds: float = 5.0
-    rounds: int = 3
+    seconds: float = 3.0
+    rounds: int = 5
     e2e_jobs: int = 40_000
     batches: tuple[int, ...] = (50, 100, 200)
     procs: tuple[int, ...] = (1, 4)
@@ -94,6 +94,10 @@ def start_workers(
     url: str, procs: int, *, concurrency: int, batch: int, logdir: str, extra: tuple[str, ...] = ()
 ) -> list[subprocess.Popen[bytes]]:
     env = dict(os.environ, DATABASE_URL=url, PYTHONPATH=str(ROOT))
+    # JOBQ_BENCH_WORKER=script.py runs the workers through another entry point
+    # (a patched worker for A/B runs, a profiler wrapper); default: python -m jobq.
+    script = os.environ.get("JOBQ_BENCH_WORKER")
+    launcher = [script] if script else ["-m", "jobq"]
     out = []
     for p in range(procs):
         log = open(Path(logdir) / f"worker-{p}.log", "wb")  # noqa: SIM115 - closed with the process
@@ -101,8 +105,7 @@ def start_workers(
             subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "jobq",
+                    *launcher,
                     "worker",
                     "bench.worker_app:registry",
                     "--concurrency",
@@ -278,6 +281,41 @@ def run(admin: str, sizes: TputSizes) -> Section:
                     ratio_of=f"SELECT by id, {procs} client(s)",
                     target="spec: 50K+/s read" if last else "",
                     ok=(rate >= 50_000) if last else None,
+                )
+            )
+
+        # What one pg_notify per row costs (the spec's realtime trigger), on and
+        # off in turn.
+        notify: dict[tuple[str, bool], list[float]] = {}
+        try:
+            for _ in range(sizes.rounds):
+                for on in (True, False):
+                    with psycopg.connect(url, autocommit=True) as c:
+                        c.execute(
+                            "ALTER TABLE job_queue "
+                            + ("ENABLE" if on else "DISABLE")
+                            + " TRIGGER job_status_change_notify"
+                        )
+                    for kind in ("create_jobs_bulk", "create_job_service"):
+                        notify.setdefault((kind, on), []).append(
+                            run_load(kind, url, procs=1, seconds=sizes.seconds)
+                        )
+        finally:
+            with psycopg.connect(url, autocommit=True) as c:
+                c.execute("ALTER TABLE job_queue ENABLE TRIGGER job_status_change_notify")
+        for kind, label in (
+            ("create_jobs_bulk", "create_jobs 1,000/call"),
+            ("create_job_service", "create_job 1/txn, Client as service_role"),
+        ):
+            on = statistics.median(notify[(kind, True)])
+            off = statistics.median(notify[(kind, False)])
+            section.rows.append(
+                _rate_row(
+                    f"{label}, notify trigger disabled, 1 client",
+                    off,
+                    ratio=on / off,
+                    ratio_of="same with the trigger on (interleaved)",
+                    section="cost",
                 )
             )
 
