@@ -16,6 +16,12 @@ from jobq import db, queries
 Params = Callable[[int], Mapping[str, Any]]
 
 
+def op_params(op: Any) -> Mapping[str, Any]:
+    """The parameters jobq's client would send for this operation (jobq._ops), so the
+    bench follows the named queries as they change."""
+    return next(op).params
+
+
 class _Rollback(Exception):
     pass
 

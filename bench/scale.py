@@ -10,13 +10,15 @@ user) run over monthly partitions holding the log rows.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from bench import common, seed
-from bench.measure import Measured, measure
+from bench.measure import Measured, measure, op_params
 from bench.results_model import Section
 from bench.spec_table import m_list, m_pickup, m_status, row_from
+from jobq import _ops
 
 
 @dataclass(frozen=True)
@@ -36,15 +38,8 @@ def _fmt(n: int) -> str:
     return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}K"
 
 
-def _logs_params(job: Any, *, search: str | None = None, offset: int = 0) -> dict[str, Any]:
-    return {
-        "job_id": job,
-        "user_id": None,
-        "limit": 100,
-        "offset": offset,
-        "level": None,
-        "search": search,
-    }
+def _logs_params(job: Any, *, search: str | None = None, offset: int = 0) -> Mapping[str, Any]:
+    return op_params(_ops.get_logs(job, limit=100, offset=offset, level=None, search=search))
 
 
 def _measure_db(

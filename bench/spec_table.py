@@ -19,16 +19,18 @@ statements inside the function (EXPLAIN ANALYZE, FORMAT JSON).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from bench import common, seed
-from bench.measure import Measured, measure
+from bench.measure import Measured, measure, op_params
 from bench.results_model import Row, Section
+from jobq import _ops
 
 USER = "authenticated"
 SERVICE = "service_role"
@@ -56,20 +58,20 @@ QUICK = SpecSizes(
 FULL = SpecSizes()
 
 
-def list_params(user: UUID | None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-    return {
-        "user_id": user,
-        "status": None,
-        "job_type": None,
-        "limit": limit,
-        "offset": offset,
-        "order_by": "created_at",
-        "order_dir": "DESC",
-        "cursor_created_at": None,
-        "cursor_id": None,
-        "params_contains": None,
-        "result_contains": None,
-    }
+def list_params(user: UUID | None, limit: int = 50, offset: int = 0) -> Mapping[str, Any]:
+    return op_params(
+        _ops.list_jobs(
+            user_id=user,
+            status=None,
+            job_type=None,
+            limit=limit,
+            offset=offset,
+            order_by="created_at",
+            order_dir="DESC",
+            params_contains=None,
+            result_contains=None,
+        )
+    )
 
 
 def job_ids_of(url: str, user: UUID, n: int = 1000) -> list[UUID]:
@@ -156,7 +158,7 @@ def m_status(url: str, user: UUID, runs: int) -> Measured:
     return measure(
         url,
         "get_job",
-        lambda i: {"job_id": ids[i % len(ids)]},
+        lambda i: op_params(_ops.get_job(ids[i % len(ids)])),
         runs=runs,
         role=USER,
         user=user,
@@ -233,12 +235,14 @@ def run(admin: str, sizes: SpecSizes) -> Section:
         m = measure(
             url,
             "get_cached_job_result",
-            lambda i: {
-                "user_id": None,
-                "job_type": "sync_youtube",
-                "params": Jsonb({"account": f"cache_{i % 100}"}),
-                "ttl": "1 hour",
-            },
+            lambda i: op_params(
+                _ops.get_cached_job_result(
+                    "sync_youtube",
+                    {"account": f"cache_{i % 100}"},
+                    user_id=None,
+                    ttl=timedelta(hours=1),
+                )
+            ),
             runs=sizes.runs,
             role=USER,
             user=seed.CACHE_USER,
@@ -261,14 +265,16 @@ def run(admin: str, sizes: SpecSizes) -> Section:
         m = measure(
             url,
             "find_or_create_job",
-            lambda i: {
-                "user_id": None,
-                "job_type": "sync_youtube",
-                "params": Jsonb({"account": f"dedup_{i % 100}"}),
-                "dedupe_window": "5 minutes",
-                "priority": 0,
-                "max_retries": 3,
-            },
+            lambda i: op_params(
+                _ops.find_or_create_job(
+                    "sync_youtube",
+                    {"account": f"dedup_{i % 100}"},
+                    user_id=None,
+                    dedupe_window=timedelta(minutes=5),
+                    priority=0,
+                    max_retries=3,
+                )
+            ),
             runs=sizes.runs,
             role=USER,
             user=seed.DEDUP_USER,
@@ -286,7 +292,12 @@ def run(admin: str, sizes: SpecSizes) -> Section:
             )
         )
 
-        batch = Jsonb([{"job_type": "bulk_item", "params": {"n": i}} for i in range(sizes.bulk)])
+        batch = op_params(
+            _ops.create_jobs(
+                [{"job_type": "bulk_item", "params": {"n": i}} for i in range(sizes.bulk)],
+                user_id=list_user,
+            )
+        )
 
         def bulk_check(rows: list[Any]) -> None:
             assert len(rows) == sizes.bulk
@@ -294,7 +305,7 @@ def run(admin: str, sizes: SpecSizes) -> Section:
         m = measure(
             url,
             "create_jobs",
-            lambda i: {"user_id": list_user, "jobs": batch},
+            lambda i: batch,
             runs=sizes.slow_runs * 2,
             role=SERVICE,
             with_commit=True,
@@ -341,7 +352,7 @@ def run(admin: str, sizes: SpecSizes) -> Section:
         m = measure(
             url,
             "get_job_queue_stats",
-            lambda i: {"user_id": None, "since": None},
+            lambda i: op_params(_ops.stats(user_id=None, since=None)),
             runs=sizes.runs,
             role=USER,
             user=list_user,
@@ -359,7 +370,7 @@ def run(admin: str, sizes: SpecSizes) -> Section:
         m = measure(
             url,
             "get_job_queue_stats",
-            lambda i: {"user_id": None, "since": None},
+            lambda i: op_params(_ops.stats(user_id=None, since=None)),
             runs=sizes.slow_runs,
             role=SERVICE,
             warmup=1,
