@@ -235,6 +235,8 @@ def find_or_create_job(
     dedupe_window: timedelta,
     priority: int,
     max_retries: int,
+    run_after: datetime | None = None,
+    ttl: timedelta | None = DEFAULT_TTL,
 ) -> Op[DedupResult]:
     rows = yield Query(
         "find_or_create_job",
@@ -245,6 +247,8 @@ def find_or_create_job(
             "dedupe_window": dedupe_window,
             "priority": priority,
             "max_retries": max_retries,
+            "run_after": run_after,
+            "ttl": ttl,
         },
     )
     return from_row(DedupResult, _one(rows))

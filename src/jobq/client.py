@@ -97,6 +97,17 @@ class _Identity:
     """Who a client acts as: service_role, or authenticated with sub = user_id."""
 
     _user_id: UUID | None = None
+    # The rest of the caller's JWT (email, aud, session_id, ...), so that
+    # auth.jwt() in SQL sees what PostgREST would show it.
+    _claims: dict[str, Any] | None = None
+    _owns_pool: bool
+
+    def _view(self, user_id: UserId, claims: Mapping[str, Any] | None) -> Self:
+        view = copy.copy(self)
+        view._user_id = _user_uuid(user_id)
+        view._claims = dict(claims) if claims else None
+        view._owns_pool = False
+        return view
 
     @property
     def user_id(self) -> UUID | None:
@@ -138,12 +149,10 @@ class Client(_Identity):
     def pool(self) -> ConnectionPool[Any]:
         return self._pool
 
-    def as_user(self, user_id: UserId) -> Client:
-        """A view of this client, on the same pool, acting as ``user_id``."""
-        view = copy.copy(self)
-        view._user_id = _user_uuid(user_id)
-        view._owns_pool = False
-        return view
+    def as_user(self, user_id: UserId, claims: Mapping[str, Any] | None = None) -> Client:
+        """A view of this client, on the same pool, acting as ``user_id`` (with the
+        rest of the user's JWT ``claims``, if any; ``role`` and ``sub`` are ours)."""
+        return self._view(user_id, claims)
 
     def close(self) -> None:
         """Close the pool this client created (a pool passed in is the caller's)."""
@@ -170,16 +179,16 @@ class Client(_Identity):
                 pooled.transaction(),
                 pooled.cursor(row_factory=dict_row) as cur,
             ):
-                act_as(cur, self.role, self._user_id)
+                act_as(cur, self.role, self._user_id, self._claims)
                 yield cur
         elif _runs_alone(conn):
             with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                act_as(cur, self.role, self._user_id)
+                act_as(cur, self.role, self._user_id, self._claims)
                 yield cur
         else:
             with conn.cursor(row_factory=dict_row) as cur:
                 saved = cur.execute(queries.get("current_identity")).fetchone()
-                act_as(cur, self.role, self._user_id)
+                act_as(cur, self.role, self._user_id, self._claims)
                 try:
                     yield cur
                 finally:
@@ -247,6 +256,8 @@ class Client(_Identity):
         dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW,
         priority: int = 0,
         max_retries: int = 3,
+        run_after: datetime | None = None,
+        ttl: timedelta | None = DEFAULT_TTL,
         conn: SyncConn | None = None,
     ) -> DedupResult:
         """The same user's equal job from within ``dedupe_window``, or a new one."""
@@ -258,6 +269,8 @@ class Client(_Identity):
                 dedupe_window=dedupe_window,
                 priority=priority,
                 max_retries=max_retries,
+                run_after=run_after,
+                ttl=ttl,
             ),
             conn,
         )
@@ -412,12 +425,10 @@ class AsyncClient(_Identity):
     def pool(self) -> AsyncConnectionPool[Any]:
         return self._pool
 
-    def as_user(self, user_id: UserId) -> AsyncClient:
-        """A view of this client, on the same pool, acting as ``user_id``."""
-        view = copy.copy(self)
-        view._user_id = _user_uuid(user_id)
-        view._owns_pool = False
-        return view
+    def as_user(self, user_id: UserId, claims: Mapping[str, Any] | None = None) -> AsyncClient:
+        """A view of this client, on the same pool, acting as ``user_id`` (with the
+        rest of the user's JWT ``claims``, if any; ``role`` and ``sub`` are ours)."""
+        return self._view(user_id, claims)
 
     async def open(self) -> None:
         """Open the pool this client created (idempotent)."""
@@ -451,17 +462,17 @@ class AsyncClient(_Identity):
                 pooled.transaction(),
                 pooled.cursor(row_factory=dict_row) as cur,
             ):
-                await act_as_async(cur, self.role, self._user_id)
+                await act_as_async(cur, self.role, self._user_id, self._claims)
                 yield cur
         elif _runs_alone(conn):
             async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                await act_as_async(cur, self.role, self._user_id)
+                await act_as_async(cur, self.role, self._user_id, self._claims)
                 yield cur
         else:
             async with conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(queries.get("current_identity"))
                 saved = await cur.fetchone()
-                await act_as_async(cur, self.role, self._user_id)
+                await act_as_async(cur, self.role, self._user_id, self._claims)
                 try:
                     yield cur
                 finally:
@@ -528,6 +539,8 @@ class AsyncClient(_Identity):
         dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW,
         priority: int = 0,
         max_retries: int = 3,
+        run_after: datetime | None = None,
+        ttl: timedelta | None = DEFAULT_TTL,
         conn: AsyncConn | None = None,
     ) -> DedupResult:
         """The same user's equal job from within ``dedupe_window``, or a new one."""
@@ -539,6 +552,8 @@ class AsyncClient(_Identity):
                 dedupe_window=dedupe_window,
                 priority=priority,
                 max_retries=max_retries,
+                run_after=run_after,
+                ttl=ttl,
             ),
             conn,
         )

@@ -80,6 +80,9 @@ def translate(exc: psycopg.Error) -> Exception:
     """The jobq exception for a psycopg error (the error itself if not ours)."""
     if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
         return DatabaseUnavailable(str(exc).strip() or "database unavailable")
+    if isinstance(exc, psycopg.DataError) and exc.sqlstate is None:
+        # refused by psycopg before it reached the server (a NUL in a string, say)
+        return InvalidInput(str(exc).strip() or "invalid input")
     cls = error_class(exc.sqlstate)
     if cls is None:
         return exc

@@ -657,3 +657,52 @@ def test_autocommit_connection_outside_a_block_runs_its_own_transaction(
     assert mine.info.transaction_status == pq.TransactionStatus.IDLE
     assert client.get_job(job_id).user_id == A  # committed already
     assert mine.execute("select current_setting('role')").fetchone() == ("none",)
+
+
+# --------------------------------------------------------------------------
+# find_or_create_job with a start time and ttl; the user's full claims; NUL bytes
+# --------------------------------------------------------------------------
+def test_find_or_create_job_takes_run_after_and_ttl(
+    client: Client, conn: psycopg.Connection[Any]
+) -> None:
+    later = datetime.now().astimezone() + timedelta(hours=2)
+    made = client.find_or_create_job("report", {"n": 1}, user_id=A, run_after=later, ttl=None)
+    assert made.created
+    row = conn.execute(
+        "select run_after, expires_at from public.job_queue where id = %s", (made.job_id,)
+    ).fetchone()
+    assert row is not None
+    assert abs((row[0] - later).total_seconds()) < 0.001
+    assert row[1] is None, "ttl None: never expires"
+    again = client.find_or_create_job("report", {"n": 1}, user_id=A)
+    assert (again.job_id, again.created) == (made.job_id, False)
+
+
+def test_as_user_passes_the_rest_of_the_jwt_to_sql(
+    client: Client, conn: psycopg.Connection[Any]
+) -> None:
+    """auth.jwt() sees what PostgREST would show it (email, session_id ...)."""
+    # record the claims every insert runs with
+    conn.execute(
+        """
+        create table public.seen_claims (claims jsonb);
+        create function record_claims() returns trigger language plpgsql as $$
+        begin insert into public.seen_claims values (auth.jwt()); return new; end $$;
+        create trigger record_claims after insert on public.job_queue
+            for each row execute function record_claims();
+        """
+    )
+    user = client.as_user(A, {"email": "ada@example.com", "role": "service_role"})
+    job_id = user.create_job("x")
+    claims = conn.execute("select claims from seen_claims").fetchone()
+    assert claims is not None
+    assert claims[0] == {"email": "ada@example.com", "role": "authenticated", "sub": str(A)}
+    # a claim cannot change the role: the view still acts as authenticated for A
+    assert user.get_job(job_id).user_id == A
+    with pytest.raises(NotFound):
+        client.as_user(B, {"role": "service_role"}).get_job(job_id)
+
+
+def test_nul_byte_in_a_string_is_invalid_input(client: Client) -> None:
+    with pytest.raises(InvalidInput):
+        client.create_job("bad\x00type", user_id=A)

@@ -92,7 +92,10 @@ def test_transition(conn: Conn, old: str, new: str) -> None:
         if new in TERMINAL_ON_ENTRY:
             assert after["completed_at"] == now
         else:
-            assert after["completed_at"] == before["completed_at"]
+            assert before["completed_at"] is not None or old == "pending"
+            assert after["completed_at"] is None, "runnable again: not finished"
+        if new == "cancelled":
+            assert after["error_code"] == "CANCELLED"
         if new == "completed":
             assert after["progress_percent"] == 100
         if new in ("completed", "cancelled", "expired"):
@@ -220,6 +223,7 @@ class Model:
     attempts: int = 0
     max_retries: int = 0
     retry_scheduled: bool = False
+    started: bool = False  # ever claimed: such a job no longer expires
     frozen: dict[str, Any] | None = None  # the row once it reached a final state
 
 
@@ -259,6 +263,7 @@ def _apply(conn: Conn, world: World, op: tuple[Any, ...]) -> None:
         for r in rows:
             m = world.model[r["id"]]
             m.status, m.attempts, m.retry_scheduled = "processing", m.attempts + 1, False
+            m.started = True
         return
     if kind == "retry_due":
         conn.execute(
@@ -319,8 +324,9 @@ def _apply(conn: Conn, world: World, op: tuple[Any, ...]) -> None:
             (job_id,),
         )
         n = call(conn, "expire_stale_jobs")[0]["expire_stale_jobs"]
-        assert n == (1 if m.status == "pending" else 0)
-        if m.status == "pending":
+        expires = m.status == "pending" and not m.started
+        assert n == (1 if expires else 0)
+        if expires:
             m.status = "expired"
     elif kind == "stuck":
         conn.execute(

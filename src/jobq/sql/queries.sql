@@ -33,7 +33,9 @@ SELECT f.job_id, f.created, f.status
     p_params        => %(params)s::jsonb,
     p_dedupe_window => %(dedupe_window)s::interval,
     p_priority      => %(priority)s::integer,
-    p_max_retries   => %(max_retries)s::integer
+    p_max_retries   => %(max_retries)s::integer,
+    p_run_after     => %(run_after)s::timestamptz,
+    p_ttl           => %(ttl)s::interval
   ) AS f;
 
 -- name: get_cached_job_result

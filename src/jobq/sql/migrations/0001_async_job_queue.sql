@@ -188,10 +188,10 @@ CREATE INDEX idx_job_queue_type_status
 CREATE INDEX idx_job_queue_user_active
     ON public.job_queue (user_id)
     WHERE status IN ('pending', 'processing') OR (status = 'failed' AND next_retry_at IS NOT NULL);
--- 8. Pending jobs by expiry, for expire_stale_jobs.
+-- 8. Never-started pending jobs by expiry, for expire_stale_jobs.
 CREATE INDEX idx_job_queue_expiration
     ON public.job_queue (expires_at)
-    WHERE status = 'pending' AND expires_at IS NOT NULL;
+    WHERE status = 'pending' AND expires_at IS NOT NULL AND started_at IS NULL;
 -- 9. Running jobs by last heartbeat, for detect_stuck_jobs.
 CREATE INDEX idx_job_queue_stuck_detection
     ON public.job_queue (heartbeat_at)
@@ -439,6 +439,11 @@ BEGIN
         END IF;
         IF NEW.status IN ('completed', 'failed', 'cancelled', 'expired') THEN
             NEW.completed_at := now();
+        ELSE
+            NEW.completed_at := NULL;  -- runnable again
+        END IF;
+        IF NEW.status = 'cancelled' THEN
+            NEW.error_code := coalesce(NEW.error_code, 'CANCELLED');
         END IF;
         IF NEW.status IN ('completed', 'cancelled', 'expired') THEN
             NEW.next_retry_at := NULL;
@@ -468,6 +473,10 @@ DECLARE
     v_payload jsonb;
     v_text text;
 BEGIN
+    -- release_jobs passes through failed on its way back to pending: not news
+    IF NEW.status = 'failed' AND NEW.error_code = 'RELEASED' THEN
+        RETURN NULL;
+    END IF;
     v_payload := jsonb_build_object(
         'event', lower(TG_OP),
         'job_id', NEW.id,
@@ -669,6 +678,9 @@ BEGIN
     IF cardinality(p_job_ids) IS DISTINCT FROM cardinality(p_results) THEN
         RAISE EXCEPTION 'p_job_ids and p_results must have the same length' USING ERRCODE = '22023';
     END IF;
+    IF cardinality(p_job_ids) <> (SELECT count(DISTINCT x) FROM unnest(p_job_ids) AS x) THEN
+        RAISE EXCEPTION 'p_job_ids has duplicates' USING ERRCODE = '22023';
+    END IF;
     SELECT max_result_bytes INTO v_max_bytes FROM public.job_queue_config;
     PERFORM public.jobq_check_json_size(r, v_max_bytes, 'result') FROM unnest(p_results) AS r;
     RETURN QUERY
@@ -705,7 +717,8 @@ BEGIN
     PERFORM public.jobq_check_holder(v_job, p_worker_id);
     SELECT * INTO v_cfg FROM public.job_queue_config;
     IF coalesce(p_retryable, true) AND v_job.attempts <= v_job.max_retries THEN
-        v_next := now() + least(v_cfg.retry_base_delay * power(2, v_job.attempts - 1), v_cfg.retry_max_delay);
+        v_next := now() + least(v_cfg.retry_base_delay * power(2, greatest(v_job.attempts, 1) - 1),
+                                v_cfg.retry_max_delay);
     END IF;
     UPDATE public.job_queue
        SET status = 'failed',
@@ -934,7 +947,9 @@ CREATE FUNCTION public.find_or_create_job(
     p_params jsonb DEFAULT '{}'::jsonb,
     p_dedupe_window interval DEFAULT interval '5 minutes',
     p_priority integer DEFAULT 0,
-    p_max_retries integer DEFAULT 3)
+    p_max_retries integer DEFAULT 3,
+    p_run_after timestamptz DEFAULT NULL,
+    p_ttl interval DEFAULT interval '24 hours')
 RETURNS TABLE (job_id uuid, created boolean, status text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = ''
 AS $$
@@ -945,7 +960,7 @@ BEGIN
     IF p_dedupe_window IS NULL OR p_dedupe_window < interval '0' THEN
         RAISE EXCEPTION 'p_dedupe_window must be a non-negative interval' USING ERRCODE = '22023';
     END IF;
-    v_job := public.jobq_new_job(v_user, p_job_type, p_params, p_priority, p_max_retries, NULL, interval '24 hours');
+    v_job := public.jobq_new_job(v_user, p_job_type, p_params, p_priority, p_max_retries, p_run_after, p_ttl);
     PERFORM public.jobq_lock_user(v_user);
     RETURN QUERY
     SELECT j.id, false, j.status FROM public.job_queue j
@@ -1018,7 +1033,7 @@ BEGIN
            FOR UPDATE SKIP LOCKED)
     UPDATE public.job_queue j
        SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, progress_percent = 0,
-           progress_message = NULL, completed_at = NULL
+           progress_message = NULL, next_retry_at = NULL
       FROM due WHERE j.id = due.id;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;
@@ -1062,8 +1077,9 @@ BEGIN
 END
 $$;
 
--- Pending jobs past their expires_at (24 hours after they became runnable,
--- unless created with another ttl) become expired.
+-- Pending jobs never started by their expires_at (24 hours after they became
+-- runnable, unless created with another ttl) become expired. A job waiting for
+-- a retry has started and does not expire.
 CREATE FUNCTION public.expire_stale_jobs()
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = ''
@@ -1075,7 +1091,8 @@ DECLARE
 BEGIN
     WITH stale AS (
         SELECT id FROM public.job_queue
-         WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= now()
+         WHERE status = 'pending' AND expires_at IS NOT NULL AND started_at IS NULL
+           AND expires_at <= now()
            FOR UPDATE SKIP LOCKED)
     UPDATE public.job_queue j
        SET status = 'expired', error_code = 'EXPIRED', error_message = 'not started before it expired'
@@ -1223,17 +1240,20 @@ BEGIN
          WHERE q.status = 'pending'
            AND q.run_after <= now()
            AND (q.next_retry_at IS NULL OR q.next_retry_at <= now())
-           AND (q.expires_at IS NULL OR q.expires_at > now())
+           AND (q.expires_at IS NULL OR q.expires_at > now() OR q.started_at IS NOT NULL)
            AND (p_job_types IS NULL OR q.job_type = ANY (p_job_types))
          ORDER BY q.priority DESC, q.created_at, q.id
          LIMIT p_limit
-           FOR UPDATE SKIP LOCKED)
-    UPDATE public.job_queue j
-       SET status = 'processing', worker_id = p_worker_id, attempts = j.attempts + 1,
-           started_at = now(), heartbeat_at = now(), next_retry_at = NULL,
-           progress_percent = 0, progress_message = NULL
-      FROM picked WHERE j.id = picked.id
-    RETURNING j.*;
+           FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE public.job_queue j
+           SET status = 'processing', worker_id = p_worker_id, attempts = j.attempts + 1,
+               started_at = now(), heartbeat_at = now(), next_retry_at = NULL,
+               progress_percent = 0, progress_message = NULL
+          FROM picked WHERE j.id = picked.id
+        RETURNING j.*)
+    -- RETURNING has no order of its own: hand the batch over in claim order
+    SELECT c.* FROM claimed c ORDER BY c.priority DESC, c.created_at, c.id;
 END
 $$;
 
