@@ -90,9 +90,10 @@ def describe_database(url: str, embedded: bool) -> str:
         parts = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return "DATABASE_URL (unparsable)"
+    if embedded:
+        return f'embedded PostgreSQL 18, database {parts.get("dbname", "")} (psql "$(jobq db-url)")'
     where = f"{parts.get('host') or 'localhost'}:{parts.get('port') or 5432}"
-    name = f"{where}/{parts.get('dbname', '')}"
-    return f"embedded PostgreSQL 18 ({name})" if embedded else f"postgresql://{name}"
+    return f"postgresql://{where}/{parts.get('dbname', '')}"
 
 
 class _Server(Server):

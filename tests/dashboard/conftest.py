@@ -54,15 +54,18 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an asyncio loop running in the main
+# thread while it is open, and tests elsewhere call asyncio.run() there.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError:
         _unavailable("playwright is not installed (pip install playwright)")
     path = chromium_path()
     if path is None:
         _unavailable("no chromium binary (apt-get install chromium, or set JOBQ_CHROMIUM)")
+    expect.set_options(timeout=30_000)  # a loaded CI machine is slower than 5 s at times
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield b

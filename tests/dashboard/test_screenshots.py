@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from playwright.sync_api import expect
 
-from jobq.examples import DEMO_USER_ID
+from jobq.examples import DEMO_USER_ID, demo_jobs
 
 from .conftest import OTHER_USER, Running, start_up, stop_up
 from .test_dashboard import sign_in
@@ -95,8 +95,10 @@ def test_screenshots(page: Any, demo: Running, tmp_path: Path) -> None:
     taken: list[Path] = []
     sign_in(page, demo, demo.started.user_token)
     # the demo jobs run for real: wait for a thumbnail, and for the long report to be mid-way
-    thumb = page.locator("#jobs-body tr", has_text="thumbnail").filter(has_text="completed")
-    expect(thumb.first).to_be_visible(timeout=60_000)
+    seeded = dict(zip(demo.started.seeded, demo_jobs(len(demo.started.seeded)), strict=True))
+    thumb_id = next(i for i, (t, _) in seeded.items() if t == "thumbnail")
+    thumb = page.locator(f'#jobs-body tr[data-id="{thumb_id}"]')
+    expect(thumb.locator(".pill")).to_have_text("completed", timeout=90_000)
     expect(page.locator("#chart-throughput svg rect").first).to_be_attached()
     page.locator("#jobs-body tr", has_text="long_report").first.click()
     expect(page.locator("#detail-status")).to_have_text("processing", timeout=90_000)
@@ -107,7 +109,7 @@ def test_screenshots(page: Any, demo: Running, tmp_path: Path) -> None:
     expect(page.locator("#logs li").first).to_be_visible()
     taken.append(_shot(page, tmp_path, "dashboard.png"))
 
-    thumb.first.click()
+    thumb.click()
     expect(page.locator("#detail-thumb")).to_be_visible()
     page.wait_for_function("() => document.querySelector('#detail-thumb').naturalWidth === 80")
     taken.append(_shot(page, tmp_path, "job-detail.png"))
