@@ -191,7 +191,10 @@ class Worker:
             max_size=4,
             kwargs={"autocommit": True, "application_name": f"jobq-worker:{self.worker_id}"[:63]},
             configure=_as_service_role,
-            check=AsyncConnectionPool.check_connection,
+            # No check= on checkout: after a restart the pool holds only dead
+            # connections, and the check backs off 1, 2, 4, 8, 16 s between them,
+            # stalling claims and heartbeats up to the pool timeout. A dead one now
+            # fails its statement at once, is discarded, and the caller retries.
             open=False,
             reconnect_timeout=3600,  # keep trying through a database restart
         )
@@ -240,6 +243,9 @@ class Worker:
                 jobs = await self._claim(want)
             except _TRANSIENT as exc:
                 log.warning("claim failed, retrying: %s", exc)
+                # the other idle connections probably died too (restart, failover):
+                # replace them all now rather than fail on each in turn
+                await self._pool_check()
                 await self._nap(backoff.next())
                 continue
             backoff.reset()
@@ -261,6 +267,13 @@ class Worker:
                 {"worker_id": self.worker_id, "limit": limit, "job_types": self.job_types},
             )
             return [from_row(Job, row) for row in await cur.fetchall()]
+
+    async def _pool_check(self) -> None:
+        assert self._pool is not None
+        try:
+            await self._pool.check()
+        except Exception as exc:  # the pool is closing, or the database still down
+            log.debug("pool check: %s", exc)
 
     def _start(self, job: Job) -> None:
         # Claimed again (an earlier attempt here was rescued while its writes waited
@@ -390,7 +403,9 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         while not await wait_event(self._stopping, self.heartbeat_interval):
-            ids = list(self._running)
+            # Jobs whose completion or failure waits in the outbox (the database was
+            # away) are still held here: keep them alive until it is written.
+            ids = list({*self._running, *self._outbox.completions, *self._outbox.failures})
             if not ids:
                 continue
             try:

@@ -267,3 +267,92 @@ def test_an_earlier_attempt_still_running_here_does_not_complete_the_next(
         assert status(conn, job)[2] == {"attempt": 2}
 
     run_with(worker, scenario)
+
+
+def test_worker_recovers_at_once_from_repeatedly_killed_connections(conn, database_url) -> None:
+    """pg_terminate_backend of a worker's connections, then again on the ones that
+    replaced them (a restart right after a failover, say): the next job must still
+    complete within seconds. The pool's connection check backed off 1, 2, 4, 8, 16 s
+    between dead connections, so claims, heartbeats and completions stalled for up
+    to the pool timeout (30 s) and running jobs were failed STUCK meanwhile."""
+    reg = Registry()
+
+    @reg.handler()
+    def quick(ctx: JobContext) -> dict[str, bool]:
+        return {"ok": True}
+
+    worker = Worker(reg, url=database_url, poll_interval=0.2, heartbeat_interval=0.2)
+    pattern = f"jobq-worker:{worker.worker_id}"[:63] + "%"
+
+    def pool_backends() -> set[int]:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s"
+            " AND datname = current_database()",
+            (pattern,),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    async def scenario() -> None:
+        first = create(conn, "quick")
+        await until(conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (first,))
+        killed: set[int] = set()
+        for _ in range(4):
+            # wait for the pool to have replaced what we killed, then kill again
+            deadline = time.monotonic() + 30
+            while not (pool_backends() - killed):
+                assert time.monotonic() < deadline, "the pool never reconnected"
+                await asyncio.sleep(0.05)
+            victims = pool_backends() - killed
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (list(victims),)
+            )
+            killed |= victims
+        t0 = time.monotonic()
+        job = create(conn, "quick")
+        await until(
+            conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (job,), timeout=30
+        )
+        took = time.monotonic() - t0
+        print(f"completed {took:.1f} s after the last kill")
+        assert took < 5.0, f"the worker took {took:.1f} s to complete a job"
+
+    run_with(worker, scenario)
+
+
+def test_a_finished_job_waiting_to_be_written_keeps_its_heartbeat(conn, database_url) -> None:
+    """A job whose handler returned but whose completion cannot be written yet (the
+    database was away for this worker) is still held: its heartbeat goes on, so stuck
+    detection does not run it again while the completion waits."""
+    reg = Registry()
+
+    @reg.handler()
+    def quick(ctx: JobContext) -> dict[str, bool]:
+        return {"ok": True}
+
+    worker = Worker(reg, url=database_url, poll_interval=0.2, heartbeat_interval=0.2)
+    writes_blocked = True
+    real_flush = worker._flush_once
+
+    async def flaky_flush() -> None:
+        if writes_blocked:
+            raise psycopg.OperationalError("simulated: connection lost")
+        await real_flush()
+
+    worker._flush_once = flaky_flush  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        nonlocal writes_blocked
+        job = create(conn, "quick")
+        deadline = time.monotonic() + 15
+        while job not in worker._outbox.completions:
+            assert time.monotonic() < deadline, "the handler never finished"
+            await asyncio.sleep(0.02)
+        finished = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert finished is not None
+        await until(
+            conn, "SELECT heartbeat_at > %s FROM job_queue WHERE id = %s", (finished[0], job)
+        )
+        writes_blocked = False
+        await until(conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (job,))
+
+    run_with(worker, scenario)
