@@ -289,6 +289,7 @@ def _user_jobs_params(
     cursor: tuple[datetime, UUID] | None = None,
     params_contains: Mapping[str, Any] | None = None,
     result_contains: Any = None,
+    with_total: bool = True,
 ) -> dict[str, Any]:
     return {
         "user_id": user_id,
@@ -302,6 +303,7 @@ def _user_jobs_params(
         "cursor_id": None if cursor is None else cursor[1],
         "params_contains": _optional_jsonb(params_contains, "params_contains"),
         "result_contains": _optional_jsonb(result_contains, "result_contains"),
+        "with_total": with_total,
     }
 
 
@@ -350,8 +352,15 @@ def list_jobs_page(
     after = None if cursor is None else decode_cursor(cursor)
     rows = yield Query(
         "get_user_jobs",
+        # a cursor walk never counts, its first page included (a count reads
+        # every matching row: the cost keyset pagination exists to avoid)
         _user_jobs_params(
-            user_id=user_id, status=status, job_type=job_type, limit=limit, cursor=after
+            user_id=user_id,
+            status=status,
+            job_type=job_type,
+            limit=limit,
+            cursor=after,
+            with_total=False,
         ),
     )
     jobs = [from_row(Job, r) for r in rows]

@@ -215,12 +215,5 @@ def test_service_view_reads_indexes(client: tuple[Client, Plans], request_name: 
     _check(client, SERVICE_VIEW[request_name])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "every user's jobs newest first (the service view without a user filter) has no index"
-        " on job_queue(created_at, id): a sequential scan and top-N sort, ~0.5 s at 1 M jobs"
-    ),
-)
 def test_service_view_of_every_users_jobs(client: tuple[Client, Plans]) -> None:
     _check(client, lambda c: c.list_jobs_page(limit=25))

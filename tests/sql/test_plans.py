@@ -381,6 +381,7 @@ def user_jobs_sql(
     result: bool = False,
     order: str = "created_at",
     direction: str = "DESC",
+    with_total: bool = True,
 ) -> str:
     where = "true"
     where += " AND j.user_id = $1" if user else ""
@@ -389,6 +390,11 @@ def user_jobs_sql(
     where += " AND j.params @> $6" if params else ""
     where += " AND j.result @> $7" if result else ""
     nulls = " NULLS LAST" if order == "completed_at" else ""
+    if not with_total:
+        return (
+            f"SELECT j.*, NULL::bigint FROM public.job_queue j WHERE {where}"
+            f" ORDER BY j.{order} {direction}{nulls}, j.id {direction} LIMIT $4 OFFSET $5"
+        )
     return (
         f"WITH total AS (SELECT count(*) AS n FROM public.job_queue j WHERE {where})"
         f" SELECT j.*, total.n FROM public.job_queue j, total WHERE {where}"
@@ -470,6 +476,19 @@ DYNAMIC = {
         "idx_job_queue_user_status_created",
         lambda: user_jobs_sql(user=True, status=True),
         lambda c: user_jobs_params(user=_id(c, USER_7), status="completed"),
+    ),
+    # a user's jobs newest first, any status (the default listing): the page
+    # reads jobq's idx_job_queue_user_created
+    "listing-any-status": Dynamic(
+        "idx_job_queue_user_created",
+        lambda: user_jobs_sql(user=True),
+        lambda c: user_jobs_params(user=_id(c, USER_7)),
+    ),
+    # every user's jobs newest first, the first page of a cursor walk (service)
+    "all-users-newest": Dynamic(
+        "idx_job_queue_created",
+        lambda: user_jobs_sql(with_total=False),
+        lambda c: user_jobs_params(),
     ),
     # admin search by params across users (service, p_user_id NULL)
     "params": Dynamic(
@@ -618,7 +637,7 @@ def test_function_call_uses_index(plan_conn: Conn, index: str) -> None:
 
 
 def test_every_spec_index_is_covered(plan_conn: Conn) -> None:
-    """The cases above name each of the 15 indexes the migration creates."""
+    """The cases above name each of the 17 indexes the migration creates."""
     spec = {
         r[0]
         for r in plan_conn.execute(
@@ -627,8 +646,12 @@ def test_every_spec_index_is_covered(plan_conn: Conn) -> None:
             " and indexrelid::regclass::text like 'idx\\_%'"
         ).fetchall()
     }
-    assert len(spec) == 15
+    assert len(spec) == 17  # the spec's 15 and jobq's two listing indexes
     covered = {c.index for c in STATIC} | {d.index for d in DYNAMIC.values()}
     covered.add("idx_job_queue_type_status")
     assert covered == spec
-    assert set(E2E) == spec - {"idx_job_queue_type_status"}
+    assert set(E2E) == spec - {
+        "idx_job_queue_type_status",
+        "idx_job_queue_user_created",
+        "idx_job_queue_created",
+    }

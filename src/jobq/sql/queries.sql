@@ -67,7 +67,8 @@ SELECT g.*
     p_cursor_created_at => %(cursor_created_at)s::timestamptz,
     p_cursor_id         => %(cursor_id)s::uuid,
     p_params_contains   => %(params_contains)s::jsonb,
-    p_result_contains   => %(result_contains)s::jsonb
+    p_result_contains   => %(result_contains)s::jsonb,
+    p_with_total        => %(with_total)s::boolean
   ) AS g;
 
 -- name: get_job_logs

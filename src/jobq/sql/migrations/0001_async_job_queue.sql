@@ -204,6 +204,14 @@ CREATE INDEX idx_job_queue_result_gin
     ON public.job_queue USING gin (result jsonb_path_ops)
     WHERE result IS NOT NULL;
 
+-- jobq's own: two listings the spec's eleven leave to a sort of every row.
+-- A user's jobs newest first without a status filter (the default listing).
+CREATE INDEX idx_job_queue_user_created
+    ON public.job_queue (user_id, created_at DESC, id DESC);
+-- Every user's jobs newest first (the service view of a dashboard).
+CREATE INDEX idx_job_queue_created
+    ON public.job_queue (created_at DESC, id DESC);
+
 -- job_log: created on the parent, so every partition gets them.
 CREATE INDEX idx_job_log_job_time
     ON public.job_log (job_id, created_at DESC, id DESC);
@@ -791,7 +799,8 @@ $$;
 
 -- Paginated job list with total_count in every row. Offset pagination by
 -- default; cursor pagination (keyset on created_at, id) when p_cursor_* are
--- given, in which case total_count is NULL (counting defeats the point).
+-- given, in which case total_count is NULL (counting defeats the point), as
+-- it is with p_with_total = false (the first page of a cursor walk).
 -- p_user_id NULL lists every user's jobs (service callers only).
 CREATE FUNCTION public.get_user_jobs(
     p_user_id uuid,
@@ -804,7 +813,8 @@ CREATE FUNCTION public.get_user_jobs(
     p_cursor_created_at timestamptz DEFAULT NULL,
     p_cursor_id uuid DEFAULT NULL,
     p_params_contains jsonb DEFAULT NULL,
-    p_result_contains jsonb DEFAULT NULL)
+    p_result_contains jsonb DEFAULT NULL,
+    p_with_total boolean DEFAULT true)
 RETURNS TABLE (
     id uuid, user_id uuid, job_type text, status text, priority smallint,
     params jsonb, result jsonb, progress_percent smallint, progress_message text,
@@ -860,6 +870,12 @@ BEGIN
             'SELECT j.*, NULL::bigint FROM public.job_queue j WHERE %s AND (j.created_at, j.id) %s ($8, $9)
              ORDER BY j.created_at %s, j.id %s LIMIT $4',
             v_where, CASE v_dir WHEN 'DESC' THEN '<' ELSE '>' END, v_dir, v_dir);
+    ELSIF NOT coalesce(p_with_total, true) THEN
+        v_sql := format(
+            'SELECT j.*, NULL::bigint FROM public.job_queue j WHERE %s
+             ORDER BY j.%I %s%s, j.id %s LIMIT $4 OFFSET $5',
+            v_where, v_order, v_dir,
+            CASE WHEN v_order = 'completed_at' THEN ' NULLS LAST' ELSE '' END, v_dir);
     ELSE
         -- The count and the page are separate scans so that the page can stop
         -- at LIMIT instead of materialising every row for a window count.
@@ -1427,6 +1443,8 @@ AS $$
             'idx_job_queue_user_active', 'idx_job_queue_expiration', 'idx_job_queue_stuck_detection',
             'idx_job_queue_params_gin', 'idx_job_queue_result_gin'])
         UNION ALL
+        SELECT 'job_queue indexes (jobq)', unnest(ARRAY['idx_job_queue_user_created', 'idx_job_queue_created'])
+        UNION ALL
         SELECT 'job_log indexes', unnest(ARRAY[
             'idx_job_log_job_time', 'idx_job_log_errors', 'idx_job_log_message_fts', 'idx_job_log_metadata_gin'])
         UNION ALL
@@ -1446,11 +1464,14 @@ AS $$
             'job_queue_select_own', 'job_queue_insert_own', 'job_queue_update_own', 'job_queue_service_all',
             'job_log_select_own', 'job_log_insert_service'])
     ), present(kind, name) AS (
-        SELECT CASE t.relname WHEN 'job_queue' THEN 'job_queue indexes' ELSE 'job_log indexes' END, i.relname::text
+        SELECT k.kind, i.relname::text
           FROM pg_catalog.pg_index x
           JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
           JOIN pg_catalog.pg_class t ON t.oid = x.indrelid
           JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+         CROSS JOIN LATERAL unnest(CASE t.relname WHEN 'job_queue'
+                    THEN ARRAY['job_queue indexes', 'job_queue indexes (jobq)']
+                    ELSE ARRAY['job_log indexes'] END) AS k(kind)
          WHERE n.nspname = 'public' AND t.relname IN ('job_queue', 'job_log')
         UNION ALL
         SELECT k, p.proname::text
@@ -1473,7 +1494,8 @@ AS $$
       FROM expected e
       LEFT JOIN (SELECT DISTINCT kind, name FROM present) p ON p.kind = e.kind AND p.name = e.name
      GROUP BY e.kind
-     ORDER BY min(CASE e.kind WHEN 'job_queue indexes' THEN 1 WHEN 'job_log indexes' THEN 2
+     ORDER BY min(CASE e.kind WHEN 'job_queue indexes' THEN 1 WHEN 'job_queue indexes (jobq)' THEN 1.5
+                  WHEN 'job_log indexes' THEN 2
                   WHEN 'functions (spec)' THEN 3 WHEN 'functions (jobq)' THEN 4 WHEN 'triggers' THEN 5 ELSE 6 END)
 $$;
 
