@@ -34,6 +34,14 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# Chaos soak (not run by CI; tests/soak runs a small one): `make soak` runs 100,000
+# jobs through 3 worker processes while workers are killed, backends terminated,
+# PostgreSQL restarted and jobs cancelled; `make soak SOAK_ARGS='--jobs 20000 --seed 7'`.
+# Writes soak/results/<date>.md; exits 1 if a job was lost, completed twice or stuck.
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python -m soak $(SOAK_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
