@@ -1076,17 +1076,20 @@ BEGIN
         RAISE EXCEPTION 'p_batch_size must be positive' USING ERRCODE = '22023';
     END IF;
     WITH old AS (
-        SELECT id FROM public.job_queue
+        -- The rows are locked, so their ctid holds until the DELETE: one TID scan
+        -- finds them all, where a batch of ids costs a primary key probe each.
+        SELECT ctid FROM public.job_queue
          WHERE status IN ('completed', 'failed', 'cancelled', 'expired')
            AND completed_at < now() - p_older_than
            AND NOT (status = 'failed' AND next_retry_at IS NOT NULL)
          LIMIT p_batch_size
            FOR UPDATE SKIP LOCKED
     ), gone AS (
-        -- = ANY(ARRAY(...)) probes the primary key, where a join would scan the table
-        DELETE FROM public.job_queue j WHERE j.id = ANY (ARRAY(SELECT id FROM old)) RETURNING j.id
+        DELETE FROM public.job_queue j WHERE j.ctid = ANY (ARRAY(SELECT ctid FROM old)) RETURNING j.id
     ), logs AS (
-        DELETE FROM public.job_log l WHERE l.job_id IN (SELECT id FROM gone)
+        -- A sorted array: one index scan per log partition, where IN (SELECT ...)
+        -- was a nested loop probing every partition once per deleted job.
+        DELETE FROM public.job_log l WHERE l.job_id = ANY (ARRAY(SELECT id FROM gone ORDER BY id))
     )
     SELECT count(*) INTO v_count FROM gone;
     RETURN v_count;
