@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         "(fsync on). Plans are what auto_explain reported for the statements inside the",
         "function (EXPLAIN ANALYZE, FORMAT JSON). Rates are closed-loop, one process per client.",
         "Baselines use a table made with LIKE job_queue INCLUDING ALL: same columns and",
-        "indexes, no triggers, no RLS.",
+        "indexes, no triggers, no RLS. Spec rows are judged on p50 (the note says when p95",
+        "is over the figure); ratios of rates are medians of interleaved rounds.",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     previous = args.out / f"{stem}.json"

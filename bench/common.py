@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import secrets
 import statistics
 import subprocess
@@ -162,20 +163,29 @@ class PlanSummary:
         return bool(self.scans) and all(t == "Index Only Scan" for t, _ in self.scans)
 
     def describe(self) -> str:
+        """Scans in plan order; a partitioned table's per-partition scans are folded
+        into one item with their count (seq scans there are of empty partitions)."""
         if not self.scans:
             return "no table scan"
-        parts: list[str] = []
+        short = {
+            "Index Only Scan": "index-only",
+            "Index Scan": "index",
+            "Bitmap Index Scan": "bitmap",
+            "Seq Scan": "seq scan",
+        }
+        items: dict[str, int] = {}
         for node, name in self.scans:
-            short = {
-                "Index Only Scan": "index-only",
-                "Index Scan": "index",
-                "Bitmap Index Scan": "bitmap",
-                "Seq Scan": "seq scan",
-            }.get(node, node)
-            item = f"{short} {name}"
-            if item not in parts:
-                parts.append(item)
-        return "; ".join(parts)
+            m = _PARTITION.match(name)
+            if m:
+                what = m.group(1) or "(table)"
+                key = f"{short.get(node, node)} job_log partitions {what}"
+            else:
+                key = f"{short.get(node, node)} {name}"
+            items[key] = items.get(key, 0) + 1
+        return "; ".join(f"{k} x{n}" if n > 1 else k for k, n in items.items())
+
+
+_PARTITION = re.compile(r"^job_log_(?:\d{4}_\d{2}|default)(?:_(.+))?$")
 
 
 _SCAN_NODES = {"Index Only Scan", "Index Scan", "Bitmap Index Scan", "Seq Scan"}
