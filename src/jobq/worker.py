@@ -402,7 +402,10 @@ class Worker:
     # -- heartbeat --------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        while not await wait_event(self._stopping, self.heartbeat_interval):
+        # Until run() cancels it after the shutdown: jobs finishing within the
+        # shutdown grace are still held here and must stay alive meanwhile.
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
             # Jobs whose completion or failure waits in the outbox (the database was
             # away) are still held here: keep them alive until it is written.
             ids = list({*self._running, *self._outbox.completions, *self._outbox.failures})

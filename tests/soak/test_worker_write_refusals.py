@@ -356,3 +356,35 @@ def test_a_finished_job_waiting_to_be_written_keeps_its_heartbeat(conn, database
         await until(conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (job,))
 
     run_with(worker, scenario)
+
+
+def test_running_jobs_keep_their_heartbeat_during_the_shutdown_grace(conn, database_url) -> None:
+    """On SIGTERM the worker gives running jobs ``shutdown_grace`` seconds; they are
+    still held and must keep their heartbeat meanwhile, or a grace longer than the
+    stuck timeout has them failed STUCK and run again elsewhere while they finish."""
+    reg = Registry()
+    running, go = threading.Event(), threading.Event()
+
+    @reg.handler()
+    def long(ctx: JobContext) -> dict[str, bool]:
+        running.set()
+        go.wait(15)
+        return {"ok": True}
+
+    worker = Worker(
+        reg, url=database_url, poll_interval=0.2, heartbeat_interval=0.2, shutdown_grace=10
+    )
+
+    async def scenario() -> None:
+        job = create(conn, "long")
+        assert await asyncio.to_thread(running.wait, 15)
+        worker.stop()  # what SIGTERM does
+        stopped = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert stopped is not None
+        await until(
+            conn, "SELECT heartbeat_at > %s FROM job_queue WHERE id = %s", (stopped[0], job)
+        )
+        go.set()
+        await until(conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (job,))
+
+    run_with(worker, scenario)
