@@ -305,66 +305,60 @@ def _stuck_cause(rec: RunRecord, at: float | None, worker_id: str) -> str:
     return f"failed STUCK while its worker lived ({UNEXPLAINED})"
 
 
-def _stuck_times(
-    c: psycopg.Connection[Any], rec: RunRecord, job_ids: list[str]
-) -> dict[tuple[str, str, int], float]:
-    """When each (job, worker, attempt) was failed STUCK (local clock)."""
-    out: dict[tuple[str, str, int], float] = {}
-    for job_id, worker_id, attempts, at in c.execute(
-        """SELECT job_id::text, worker_id, attempts, extract(epoch FROM at)::float8
-             FROM soak_transitions
-            WHERE from_status = 'processing' AND error_code = 'STUCK'
-              AND job_id = ANY (%s::uuid[])""",
+RunEnds = dict[tuple[str, str], list[tuple[int, str, float]]]
+
+
+def _run_ends(c: psycopg.Connection[Any], rec: RunRecord, job_ids: list[str]) -> RunEnds:
+    """Every transition out of processing of these jobs, by (job, worker):
+    (attempts, "to_status:error_code", when on the local clock)."""
+    ends: RunEnds = {}
+    for job_id, worker_id, attempts, to_status, code, at in c.execute(
+        """SELECT t.job_id::text, t.worker_id, t.attempts, t.to_status, t.error_code,
+                  extract(epoch FROM t.at)::float8
+             FROM soak_transitions t
+            WHERE t.from_status = 'processing' AND t.job_id = ANY (%s::uuid[])""",
         (job_ids,),
     ).fetchall():
-        out[(job_id, worker_id or "", attempts)] = at - rec.clock_offset
-    return out
+        ends.setdefault((job_id, worker_id or ""), []).append(
+            (attempts, f"{to_status}:{code}", at - rec.clock_offset)
+        )
+    return ends
+
+
+def _why_run_ended(rec: RunRecord, ends: RunEnds, job_id: str, worker_id: str, attempt: int) -> str:
+    """Why a run (job, worker, attempt) did not complete its job."""
+    # release_jobs gives the attempt back: its transition carries attempt - 1
+    matches = [
+        (what, at)
+        for a, what, at in ends.get((job_id, worker_id), [])
+        if a in (attempt, attempt - 1)
+    ]
+    if not matches:
+        if worker_id in rec.worker_ids_killed:
+            return CAUSE_KILL9
+        return f"no transition out of processing by its worker ({UNEXPLAINED})"
+    what, at = matches[0]
+    if what == "failed:STUCK":
+        return _stuck_cause(rec, at, worker_id)
+    return _explain(what)
 
 
 def _reexecution_causes(c: psycopg.Connection[Any], rec: RunRecord) -> Counter[str]:
     """Why each execution that was not a job's last one ended without completing it."""
-    killed = rec.worker_ids_killed
     rows = c.execute(
         """WITH multi AS (SELECT job_id FROM soak_executions GROUP BY job_id HAVING count(*) > 1)
-           SELECT e.job_id::text, e.worker_id, e.attempt, e.finished_at IS NOT NULL,
+           SELECT e.job_id::text, e.worker_id, e.attempt,
                   row_number() OVER w = count(*) OVER (PARTITION BY e.job_id)
              FROM soak_executions e JOIN multi USING (job_id)
            WINDOW w AS (PARTITION BY e.job_id ORDER BY e.started_at, e.exec_id)"""
     ).fetchall()
     if not rows:
         return Counter()
-    ends: dict[tuple[str, str], list[tuple[int, str, float]]] = {}
-    for job_id, worker_id, attempts, to_status, code, at in c.execute(
-        """SELECT t.job_id::text, t.worker_id, t.attempts, t.to_status, t.error_code,
-                  extract(epoch FROM t.at)::float8
-             FROM soak_transitions t
-            WHERE t.from_status = 'processing'
-              AND t.job_id IN (SELECT job_id FROM soak_executions GROUP BY job_id
-                                HAVING count(*) > 1)"""
-    ).fetchall():
-        ends.setdefault((job_id, worker_id or ""), []).append(
-            (attempts, f"{to_status}:{code}", at - rec.clock_offset)
-        )
+    ends = _run_ends(c, rec, sorted({r[0] for r in rows}))
     causes: Counter[str] = Counter()
-    for job_id, worker_id, attempt, _finished, is_last in rows:
-        if is_last:
-            continue
-        # release_jobs gives the attempt back: its transition carries attempt - 1
-        matches = [
-            (what, at)
-            for a, what, at in ends.get((job_id, worker_id), [])
-            if a in (attempt, attempt - 1)
-        ]
-        if not matches:
-            causes[
-                CAUSE_KILL9
-                if worker_id in killed
-                else f"no transition out of processing by its worker ({UNEXPLAINED})"
-            ] += 1
-        elif matches[0][0] == "failed:STUCK":
-            causes[_stuck_cause(rec, matches[0][1], worker_id)] += 1
-        else:
-            causes[_explain(matches[0][0])] += 1
+    for job_id, worker_id, attempt, is_last in rows:
+        if not is_last:
+            causes[_why_run_ended(rec, ends, job_id, worker_id, attempt)] += 1
     return causes
 
 
@@ -374,6 +368,12 @@ def _explain(what: str) -> str:
         "failed:RELEASED": "released on worker shutdown",
         "cancelled:CANCELLED": "cancelled while running",
     }.get(what, what)
+
+
+DOUBLE_CAUSES = {
+    CAUSE_KILL9: "worker killed (kill -9) after the handler finished",
+    "released on worker shutdown": "handler finished after the SIGTERM grace; job released",
+}
 
 
 def _double_successes(
@@ -393,32 +393,34 @@ def _double_successes(
     causes: Counter[str] = Counter()
     examples: list[str] = []
     extra = 0
-    paths: dict[str, str] = {}
-    stuck_at = _stuck_times(c, rec, [r[0] for r in rows]) if rows else {}
-    if rows:
-        for job_id, path in c.execute(
+    if not rows:
+        return 0, 0, causes, examples
+    ids = [r[0] for r in rows]
+    ends = _run_ends(c, rec, ids)
+    paths = dict(
+        c.execute(
             """SELECT job_id::text, string_agg(from_status || '>' || to_status
                       || coalesce(':' || error_code, '') || '@' || coalesce(worker_id, '-'),
                       ' ' ORDER BY id)
                  FROM soak_transitions WHERE job_id = ANY (%s::uuid[]) GROUP BY job_id""",
-            ([r[0] for r in rows],),
-        ).fetchall():
-            paths[job_id] = path
+            (ids,),
+        ).fetchall()
+    )
     for job_id, result_exec, execs, workers, attempts in rows:
         for exec_id, worker_id, attempt in zip(execs, workers, attempts, strict=True):
             if exec_id == result_exec:
                 continue
             extra += 1
-            cause = _stuck_cause(rec, stuck_at.get((job_id, worker_id, attempt)), worker_id)
-            if cause == CAUSE_KILL9:
-                causes["worker killed (kill -9) after the handler finished"] += 1
-            else:
-                causes[cause.replace("failed STUCK", "completion not written before STUCK")] += 1
-                if len(examples) < 10:
-                    examples.append(
-                        f"job {job_id}: attempt {attempt} on {worker_id} finished but did not"
-                        f" complete it ({cause}); transitions: {paths.get(job_id, '?')}"
-                    )
+            why = _why_run_ended(rec, ends, job_id, worker_id, attempt)
+            cause = DOUBLE_CAUSES.get(
+                why, why.replace("failed STUCK", "completion not written before STUCK")
+            )
+            causes[cause] += 1
+            if why not in DOUBLE_CAUSES and len(examples) < 10:
+                examples.append(
+                    f"job {job_id}: attempt {attempt} on {worker_id} finished but did not"
+                    f" complete it ({why}); transitions: {paths.get(job_id, '?')}"
+                )
     return len(rows), extra, causes, examples
 
 

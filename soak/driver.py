@@ -372,6 +372,7 @@ class Soak:
         self._all_final = threading.Event()
         self._stop = threading.Event()
         self._created_total = 0
+        self._restarting_since: float | None = None
 
     def echo(self, msg: str) -> None:
         if not self.cfg.quiet:
@@ -589,7 +590,13 @@ class Soak:
         except psycopg.OperationalError:
             return
         live = self.fleet.live_ids
-        for job_id, worker_id, age in rows:
+        now = time.time()
+        for job_id, worker_id, raw_age in rows:
+            # Time PostgreSQL was down (restarting) does not count: nothing can
+            # heartbeat or detect then. A slow restart would look like stuck jobs.
+            age = raw_age - self._downtime(now - raw_age, now)
+            if age <= stuck_after:
+                continue
             key = str(job_id)
             seen = self.rec.stuck.get(key)
             dead = worker_id not in live
@@ -599,6 +606,13 @@ class Soak:
             else:
                 seen.max_age = max(seen.max_age, age)
                 seen.holder_dead = seen.holder_dead or dead
+
+    def _downtime(self, start: float, end: float) -> float:
+        """Seconds of [start, end] spent in restart faults (the current one too)."""
+        windows = [(f.at, f.ended) for f in list(self.rec.faults) if f.kind == "restart"]
+        if self._restarting_since is not None:
+            windows.append((self._restarting_since, end))
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in windows)
 
     # -- chaos -------------------------------------------------------------------
 
@@ -632,6 +646,7 @@ class Soak:
                     rec.anomalies.append(f"fault {kind} could not run: {exc!r}")
                     fault = Fault(len(rec.faults) + 1, kind, time.time(), time.time(), repr(exc))
                 rec.faults.append(fault)
+                self._restarting_since = None  # a restart's window is in rec.faults now
                 self.echo(f"fault {fault.n} {kind}: {fault.detail}")
                 next_at = time.time() + rng.uniform(*cfg.fault_gap)
         finally:
@@ -735,6 +750,7 @@ class Soak:
         assert self.restarter is not None
         down = rng.uniform(0, self.cfg.pg_down) if self.cfg.pg_down > 0 else 0.0
         t = time.time()
+        self._restarting_since = t
         try:
             if down > 0:
                 self.restarter.stop()

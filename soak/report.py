@@ -92,7 +92,8 @@ def render(rec: RunRecord, fig: Figures, machine: dict[str, str], command: str, 
     )
     w(
         "| jobs stuck (processing, worker gone, heartbeat older than"
-        f" {cfg.stuck_timeout:g} s + {cfg.stuck_margin:g} s) | {fig.stuck_dead_holder} | 0 |"
+        f" {cfg.stuck_timeout:g} s + {cfg.stuck_margin:g} s, PostgreSQL's restarts not"
+        f" counted) | {fig.stuck_dead_holder} | 0 |"
     )
     w(f"| jobs still processing at the end with no live worker | {fig.stuck_at_end} | 0 |")
     w(
