@@ -149,6 +149,11 @@ class Timing:
 class PlanSummary:
     scans: list[tuple[str, str]] = field(default_factory=list)  # (node type, index or table)
     execution_ms: float | None = None
+    # Summed over the statements' plans (nested ones are inside their caller's too,
+    # so these are upper bounds): shared buffers hit / read, WAL full-page images.
+    hit: int = 0
+    read: int = 0
+    wal_fpi: int = 0
 
     @property
     def indexes(self) -> list[str]:
@@ -209,8 +214,13 @@ def summarize_plans(plans: list[dict[str, Any]]) -> PlanSummary:
     total = 0.0
     for p in plans:
         _walk(p["Plan"], summary.scans)
-        if "Execution Time" in p:
-            total = max(total, float(p["Execution Time"]))
+        total = max(total, float(p.get("_duration_ms", 0.0)))
+    # The outermost statement (the longest) holds everything nested in it.
+    if plans:
+        top = max(plans, key=lambda p: float(p.get("_duration_ms", 0.0)))["Plan"]
+        summary.hit = int(top.get("Shared Hit Blocks", 0))
+        summary.read = int(top.get("Shared Read Blocks", 0))
+        summary.wal_fpi = int(top.get("WAL FPI", 0))
     summary.execution_ms = total or None
     return summary
 
@@ -228,14 +238,17 @@ def auto_explain(conn: psycopg.Connection[Any]) -> Iterator[list[dict[str, Any]]
         msg = diag.message_primary or ""
         start = msg.find("{")
         if msg.startswith("duration:") and start >= 0:
-            with suppress(ValueError):
-                plans.append(json.loads(msg[start:]))
+            with suppress(ValueError, IndexError):
+                plan = json.loads(msg[start:])
+                plan["_duration_ms"] = float(msg.split()[1])
+                plans.append(plan)
 
     conn.execute("LOAD 'auto_explain'")
     for k, v in (
         ("auto_explain.log_min_duration", "0"),
         ("auto_explain.log_analyze", "on"),
         ("auto_explain.log_buffers", "on"),
+        ("auto_explain.log_wal", "on"),
         ("auto_explain.log_format", "json"),
         ("auto_explain.log_nested_statements", "on"),
         ("auto_explain.log_level", "notice"),

@@ -42,63 +42,93 @@ def _logs_params(job: Any, *, search: str | None = None, offset: int = 0) -> Map
     return op_params(_ops.get_logs(job, limit=100, offset=offset, level=None, search=search))
 
 
-def _measure_db(
-    admin: str, jobs: int, logs: int, runs: int, notes: list[str]
-) -> dict[str, Measured]:
-    out: dict[str, Measured] = {}
-    with common.scratch_db(admin, f"scale{_fmt(jobs).lower()}") as url:
-        rep = seed.seed_jobs(url, jobs=jobs, users=jobs // 1000, pending=10_000)
-        lrep, log_job = seed.seed_logs(url, logs=logs, log_job_lines=1000)
-        notes.append(
-            f"scale {_fmt(jobs)}: seeded {jobs:,} jobs in {rep.seconds:.0f} s "
-            f"(+ VACUUM ANALYZE {rep.vacuum_seconds:.0f} s) and {logs:,} log rows in "
-            f"{lrep.seconds:.0f} s (+ {lrep.vacuum_seconds:.0f} s)"
-        )
-        user = seed.user_id(7)
-        out["list"] = m_list(url, user, runs)
-        out["pickup"] = m_pickup(url, runs)
-        out["status"] = m_status(url, user, runs)
+def _seed_db(admin: str, jobs: int, logs: int, notes: list[str]) -> tuple[str, Any]:
+    url = common.create_db(admin, f"scale{_fmt(jobs).lower()}")
+    rep = seed.seed_jobs(url, jobs=jobs, users=jobs // 1000, pending=10_000)
+    lrep, log_job = seed.seed_logs(url, logs=logs, log_job_lines=1000)
+    notes.append(
+        f"scale {_fmt(jobs)}: seeded {jobs:,} jobs in {rep.seconds:.0f} s "
+        f"(+ VACUUM ANALYZE {rep.vacuum_seconds:.0f} s) and {logs:,} log rows in "
+        f"{lrep.seconds:.0f} s (+ {lrep.vacuum_seconds:.0f} s)"
+    )
+    return url, log_job
 
-        def found(n: int) -> Any:
-            def check(rows: list[Any]) -> None:
-                assert len(rows) == n, f"{len(rows)} log rows, expected {n}"
 
-            return check
+def _found(n: int) -> Any:
+    def check(rows: list[Any]) -> None:
+        assert len(rows) == n, f"{len(rows)} log rows, expected {n}"
 
-        out["log_search"] = measure(
+    return check
+
+
+def _figures(url: str, logs: int, log_job: Any, runs: int) -> dict[str, Measured]:
+    user = seed.user_id(7)
+    return {
+        "list": m_list(url, user, runs),
+        "pickup": m_pickup(url, runs),
+        "status": m_status(url, user, runs),
+        "log_search": measure(
             url,
             "get_job_logs",
             lambda i: _logs_params(None, search=f"tok{(i * 37) % max(1, logs // 1000)}"),
             runs=runs,
             role="service_role",
-            check=found(100),
-        )
-        out["log_page"] = measure(
+            check=_found(100),
+        ),
+        "log_page": measure(
             url,
             "get_job_logs",
             lambda i: _logs_params(log_job),
             runs=runs,
             role="authenticated",
             user=seed.LOG_USER,
-            check=found(100),
-        )
-        out["log_page_deep"] = measure(
+            check=_found(100),
+        ),
+        "log_page_deep": measure(
             url,
             "get_job_logs",
             lambda i: _logs_params(log_job, offset=900),
             runs=runs,
             role="authenticated",
             user=seed.LOG_USER,
-            check=found(100),
-        )
-    return out
+            check=_found(100),
+        ),
+    }
+
+
+def _merge(into: dict[str, Measured], more: dict[str, Measured]) -> None:
+    for k, m in more.items():
+        if k in into:
+            into[k].timing.samples.extend(m.timing.samples)
+            into[k].plan = m.plan
+        else:
+            into[k] = m
+
+
+def _measure_both(
+    admin: str, sizes: ScaleSizes, notes: list[str]
+) -> tuple[dict[str, Measured], dict[str, Measured]]:
+    """Both databases seeded first, then measured in alternating blocks, so that a
+    change of load on the shared machine hits both sides of each ratio alike."""
+    small_url, small_job = _seed_db(admin, sizes.small_jobs, sizes.small_logs, notes)
+    large_url, large_job = _seed_db(admin, sizes.large_jobs, sizes.large_logs, notes)
+    small: dict[str, Measured] = {}
+    large: dict[str, Measured] = {}
+    blocks = 4
+    try:
+        for _ in range(blocks):
+            _merge(small, _figures(small_url, sizes.small_logs, small_job, sizes.runs // blocks))
+            _merge(large, _figures(large_url, sizes.large_logs, large_job, sizes.runs // blocks))
+    finally:
+        common.drop_db(large_url)
+        common.drop_db(small_url)
+    return small, large
 
 
 def run(admin: str, sizes: ScaleSizes) -> Section:
     section = Section()
     t_start = time.perf_counter()
-    small = _measure_db(admin, sizes.small_jobs, sizes.small_logs, sizes.runs, section.notes)
-    large = _measure_db(admin, sizes.large_jobs, sizes.large_logs, sizes.runs, section.notes)
+    small, large = _measure_both(admin, sizes, section.notes)
     judged = sizes.large_jobs >= 10_000_000
     s, lg = _fmt(sizes.small_jobs), _fmt(sizes.large_jobs)
     names = {

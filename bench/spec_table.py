@@ -112,6 +112,11 @@ def row_from(
         ok = p50 < limit_ms
         if p95 >= limit_ms:
             note = "; ".join(x for x in (note, "p95 over the figure") if x)
+    if m.plan.hit or m.plan.read:
+        io = f"last run: {m.plan.hit} buffers hit, {m.plan.read} read"
+        if m.plan.wal_fpi:
+            io += f", {m.plan.wal_fpi} WAL full-page images"
+        note = "; ".join(x for x in (note, io) if x)
     plan = m.plan.describe()
     if m.plan.scans:
         plan += " (index-only)" if m.plan.index_only else ""
