@@ -165,6 +165,7 @@ class Worker:
         self._started = asyncio.Event()
         # the flush loop and shutdown both flush: one at a time
         self._flush_lock = asyncio.Lock()
+        self._claim_task: asyncio.Task[None] | None = None
 
     # -- public -------------------------------------------------------------
 
@@ -199,8 +200,9 @@ class Worker:
             reconnect_timeout=3600,  # keep trying through a database restart
         )
         await self._pool.open(wait=False)
+        self._claim_task = asyncio.create_task(self._claim_loop(), name="jobq-claim")
         tasks = [
-            asyncio.create_task(self._claim_loop(), name="jobq-claim"),
+            self._claim_task,
             asyncio.create_task(self._heartbeat_loop(), name="jobq-heartbeat"),
             asyncio.create_task(self._flush_loop(), name="jobq-flush"),
             asyncio.create_task(self._leader_loop(), name="jobq-leader"),
@@ -550,10 +552,17 @@ class Worker:
 
     async def _shutdown(self) -> None:
         loop = asyncio.get_running_loop()
-        tasks = [r.task for r in self._running.values() if r.task is not None]
-        if tasks:
-            log.info("waiting up to %.0fs for %d running jobs", self.shutdown_grace, len(tasks))
-            await asyncio.wait(tasks, timeout=self.shutdown_grace)
+        deadline = loop.time() + self.shutdown_grace
+        # A claim on its way back when the stop came starts its jobs after this point:
+        # let the claim loop end first, then give every running job the grace.
+        if self._claim_task is not None:
+            await asyncio.wait([self._claim_task], timeout=self.shutdown_grace)
+        while True:
+            tasks = [r.task for r in self._running.values() if r.task and not r.task.done()]
+            if not tasks or loop.time() >= deadline:
+                break
+            log.info("waiting up to %.0fs for %d running jobs", deadline - loop.time(), len(tasks))
+            await asyncio.wait(tasks, timeout=deadline - loop.time())
         leftover = list(self._running)
         for job_id in leftover:
             self._stop_job(job_id, "shutdown")

@@ -388,3 +388,52 @@ def test_running_jobs_keep_their_heartbeat_during_the_shutdown_grace(conn, datab
         await until(conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (job,))
 
     run_with(worker, scenario)
+
+
+def test_a_job_claimed_as_the_shutdown_begins_gets_the_grace_too(conn, database_url) -> None:
+    """SIGTERM while a claim is on its way back: the jobs it brings start after the
+    shutdown began waiting for the running ones. They must get the grace as well, not
+    be released at once while their (sync) handlers run to the end anyway - that ran
+    them twice (the soak counted it as "handler finished after the SIGTERM grace")."""
+    reg = Registry()
+    a_running = threading.Event()
+    runs: list[str] = []
+
+    @reg.handler()
+    def first(ctx: JobContext) -> dict[str, bool]:
+        a_running.set()
+        time.sleep(0.5)
+        return {"ok": True}
+
+    @reg.handler()
+    async def second(ctx: JobContext) -> dict[str, bool]:
+        await asyncio.sleep(0.3)  # an async handler is cancelled outright when stopped
+        runs.append(str(ctx.job.id))
+        return {"ok": True}
+
+    worker = Worker(reg, url=database_url, poll_interval=0.1, shutdown_grace=10)
+    real_claim = worker._claim
+    armed = False
+
+    async def claim(limit: int) -> Any:
+        jobs = await real_claim(limit)
+        if armed and jobs:
+            worker.stop()  # SIGTERM arrives during the claim's round trip
+            await asyncio.sleep(0.2)
+        return jobs
+
+    worker._claim = claim  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        nonlocal armed
+        a = create(conn, "first")
+        assert await asyncio.to_thread(a_running.wait, 15)
+        armed = True
+        b = create(conn, "second")
+        await asyncio.wait_for(worker._stopping.wait(), 15)
+        await until(conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (a,))
+        await until(conn, "SELECT status <> 'processing' FROM job_queue WHERE id = %s", (b,))
+        assert status(conn, b)[:2] == ("completed", None), "b ran within the grace"
+
+    run_with(worker, scenario)
+    assert len(runs) == 1, runs
