@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     md = report.markdown(title, machine, sections, header)
     (args.out / f"{stem}.md").write_text(md)
     report.save_json(args.out / f"{stem}.json", machine, sections)
+    source = f"bench/results/{stem}.md"
+    (args.out / f"{stem}-summary.md").write_text(report.summary(machine, sections, source))
     report.chart(args.out / f"{stem}.png", sections, title)
     print(md)
     print(f"wrote {args.out / (stem + '.md')} and .png/.json", file=sys.stderr)

@@ -144,3 +144,30 @@ def load_json(path: Path) -> tuple[dict[str, str], dict[str, Section]]:
         for k, v in data["sections"].items()
     }
     return data["machine"], sections
+
+
+def summary(machine: dict[str, str], sections: dict[str, Section], source: str) -> str:
+    """The short table for the README: every judged figure, its target and ratio."""
+    lines = [
+        f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('ram')} RAM, "
+        f"PostgreSQL {machine.get('postgres')} ({machine.get('server')}, default settings, "
+        f"fsync on), Python {machine.get('python')}; shared with other test runs "
+        f"({machine.get('load at start')}). Full report: `{source}`.",
+        "",
+        "| figure | size | jobq | target | met? |",
+        "| --- | --- | ---: | --- | --- |",
+    ]
+    for key in ORDER:
+        for r in (r for s in sections.values() for r in s.rows if r.section == key):
+            if key in ("baseline", "cost"):
+                continue
+            if key == "scale" and r.ratio is None:
+                continue
+            if r.unit == "/s":
+                value = f"{r.p50:,.0f}/s"
+            else:
+                value = f"{_num(r.p50, 'ms')} ms (p95 {_num(r.p95, 'ms')})"
+            if r.ratio is not None:
+                value += f"; {r.ratio:.2f} x {r.ratio_of}"
+            lines.append(f"| {r.name} | {r.size} | {value} | {r.target} | {_ok(r.ok)} |")
+    return "\n".join(lines) + "\n"
