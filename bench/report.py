@@ -99,7 +99,8 @@ def chart(path: Path, sections: dict[str, Section], title: str) -> None:
             ax.plot([limit, limit], [i - 0.4, i + 0.4], color="#e45756", lw=2)
     ax.set_yticks(range(len(spec)), labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xscale("log")
+    if spec:
+        ax.set_xscale("log")
     ax.set_xlabel("ms (log scale); red tick = spec's figure")
     ax.set_title("Query latency (p50, p95)")
     ax.legend(loc="lower right")
