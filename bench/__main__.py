@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     title = f"jobq benchmarks, {today} ({mode} mode)"
     header = [
-        f"`python -m bench{' --quick' if args.quick else ''}` took {total / 60:.1f} minutes.",
+        f"`python -m bench{' --quick' if args.quick else ''}` ran {', '.join(only)} "
+        f"in {total / 60:.1f} minutes.",
         "Sizes: "
         + "; ".join(
             f"{k}: {v}"
