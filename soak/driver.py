@@ -697,9 +697,23 @@ class Soak:
         )
 
     def _sigterm(self, rng: random.Random, conn: Conn) -> tuple[str, dict[str, Any]]:
-        live = self.fleet.serving()
+        # Only a worker that has connected (its signal handlers are in place by
+        # then): a SIGTERM during its imports ends it with nothing claimed, which
+        # is harmless but not the graceful deploy this fault tests.
+        connected = set(
+            conn.run(
+                lambda c: [
+                    str(r[0]).split(":", 1)[1]
+                    for r in c.execute(
+                        "SELECT application_name FROM pg_stat_activity"
+                        " WHERE application_name LIKE 'jobq-worker:%'"
+                    )
+                ]
+            )
+        )
+        live = [w for w in self.fleet.serving() if w.worker_id in connected]
         if not live:
-            return "no live worker to stop", {}
+            return "no started worker to stop", {}
         victim = rng.choice(live)
         held = conn.run(
             lambda c: _scalar(
