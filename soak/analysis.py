@@ -332,7 +332,7 @@ def _why_run_ended(rec: RunRecord, ends: RunEnds, job_id: str, worker_id: str, a
     matches = [
         (what, at)
         for a, what, at in ends.get((job_id, worker_id), [])
-        if a in (attempt, attempt - 1)
+        if a == attempt or (a == attempt - 1 and what == "failed:RELEASED")
     ]
     if not matches:
         if worker_id in rec.worker_ids_killed:
