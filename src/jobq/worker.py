@@ -393,13 +393,15 @@ class Worker:
                 job_id = UUID(event["job_id"])
             except (KeyError, ValueError, TypeError):
                 return
-            if job_id in self._running and status in (
-                "cancelled",
-                "failed",
-                "expired",
-                "completed",
-            ):
-                self._stop_job(job_id, "cancelled" if status == "cancelled" else "lost")
+            running = self._running.get(job_id)
+            if running is None or status not in ("cancelled", "failed", "expired", "completed"):
+                return
+            attempts = event.get("attempts")
+            if attempts is not None and attempts != running.job.attempts:
+                # A late event about an earlier attempt of a job claimed here again
+                # (it failed, was retried, and this worker took it back meanwhile).
+                return
+            self._stop_job(job_id, "cancelled" if status == "cancelled" else "lost")
 
     # -- heartbeat --------------------------------------------------------------
 

@@ -16,6 +16,7 @@ completes the next job.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -437,3 +438,40 @@ def test_a_job_claimed_as_the_shutdown_begins_gets_the_grace_too(conn, database_
 
     run_with(worker, scenario)
     assert len(runs) == 1, runs
+
+
+def test_a_late_notification_about_an_earlier_attempt_does_not_stop_the_next(
+    conn, database_url
+) -> None:
+    """Attempt 1 failed (retryable) and the same worker claimed attempt 2 before its
+    listener delivered attempt 1's "failed" notification. That late notification must
+    not stop attempt 2: the worker stopped it as "lost", wrote nothing, and the job sat
+    in processing without a heartbeat until stuck detection ran it again (the soak saw
+    it on flaky jobs, with no fault nearby)."""
+    reg = Registry()
+    running, go = threading.Event(), threading.Event()
+    seen_cancel: list[bool] = []
+
+    @reg.handler()
+    def steady(ctx: JobContext) -> dict[str, int]:
+        running.set()
+        go.wait(15)
+        seen_cancel.append(ctx.cancelled)
+        ctx.raise_if_cancelled()
+        return {"attempt": ctx.attempt}
+
+    worker = Worker(reg, url=database_url, poll_interval=0.2, heartbeat_interval=0.2)
+
+    async def scenario() -> None:
+        job = create(conn, "steady")
+        assert await asyncio.to_thread(running.wait, 15)
+        attempts = worker._running[job].job.attempts
+        # what the listener hands over when an earlier attempt's event comes late
+        worker._on_notify(
+            json.dumps({"job_id": str(job), "status": "failed", "attempts": attempts - 1})
+        )
+        go.set()
+        await until(conn, "SELECT status = 'completed' FROM job_queue WHERE id = %s", (job,))
+
+    run_with(worker, scenario)
+    assert seen_cancel == [False]
