@@ -33,7 +33,7 @@ from typing import Any, Self, TypeAlias, TypeVar
 from uuid import UUID
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -53,7 +53,7 @@ from jobq._ops import (
     Row,
     UserId,
 )
-from jobq.db import act_as, act_as_async, database_url
+from jobq.db import act_as, act_as_async, as_identity, database_url
 from jobq.errors import InvalidInput, translated
 from jobq.models import DepthRow, Job, StatRow, Throughput
 
@@ -93,6 +93,41 @@ def _runs_alone(conn: SyncConn | AsyncConn) -> bool:
     return conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE
 
 
+# _POOLED_PATH: on a connection of the client's pool, a query and the identity
+# switch before it go as one simple-protocol message (client-side binding; every
+# named query casts its parameters), which PostgreSQL runs as one implicit
+# transaction: one round trip instead of four (BEGIN, switch, query, COMMIT).
+# An operation that needs a second query (a page past the last one asks for the
+# total) sends it the same way, as a transaction of its own; both are reads.
+
+
+@contextmanager
+def _autocommit(conn: SyncConn) -> Iterator[None]:
+    """Autocommit while the client uses a pooled connection (it may be the caller's pool)."""
+    if conn.autocommit:
+        yield
+        return
+    conn.autocommit = True
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.autocommit = False
+
+
+@asynccontextmanager
+async def _autocommit_async(conn: AsyncConn) -> AsyncIterator[None]:
+    if conn.autocommit:
+        yield
+        return
+    await conn.set_autocommit(True)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            await conn.set_autocommit(False)
+
+
 class _Identity:
     """Who a client acts as: service_role, or authenticated with sub = user_id."""
 
@@ -118,6 +153,11 @@ class _Identity:
     def role(self) -> str:
         return SERVICE_ROLE if self._user_id is None else USER_ROLE
 
+    def _as_identity(self, query: _ops.Query) -> tuple[sql.Composed, dict[str, Any]]:
+        return as_identity(
+            queries.get(query.name), query.params, self.role, self._user_id, self._claims
+        )
+
     def _user(self, user_id: UserId | None) -> UserId | None:
         """An explicit user_id argument, else this view's user (None for the service)."""
         return self._user_id if user_id is None else user_id
@@ -141,7 +181,12 @@ class Client(_Identity):
             pool
             if pool is not None
             else ConnectionPool(
-                url or database_url(), min_size=min_size, max_size=max_size, open=True, name="jobq"
+                url or database_url(),
+                min_size=min_size,
+                max_size=max_size,
+                kwargs={"autocommit": True},  # see _POOLED_PATH
+                open=True,
+                name="jobq",
             )
         )
 
@@ -172,16 +217,8 @@ class Client(_Identity):
 
     # -- running an operation ----------------------------------------------
     @contextmanager
-    def _cursor(self, conn: SyncConn | None) -> Iterator[psycopg.Cursor[Row]]:
-        if conn is None:
-            with (
-                self._pool.connection() as pooled,
-                pooled.transaction(),
-                pooled.cursor(row_factory=dict_row) as cur,
-            ):
-                act_as(cur, self.role, self._user_id, self._claims)
-                yield cur
-        elif _runs_alone(conn):
+    def _cursor(self, conn: SyncConn) -> Iterator[psycopg.Cursor[Row]]:
+        if _runs_alone(conn):
             with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
                 act_as(cur, self.role, self._user_id, self._claims)
                 yield cur
@@ -201,6 +238,8 @@ class Client(_Identity):
     def _run(self, op: Op[T], conn: SyncConn | None) -> T:
         with translated():
             query = next(op)  # argument checks (JSON, cursor) run before any SQL
+            if conn is None:
+                return self._run_pooled(op, query)
             with self._cursor(conn) as cur:
                 while True:
                     rows = cur.execute(queries.get(query.name), query.params).fetchall()
@@ -209,6 +248,23 @@ class Client(_Identity):
                     except StopIteration as done:
                         result: T = done.value
                         return result
+
+    def _run_pooled(self, op: Op[T], query: _ops.Query) -> T:
+        # One message per query: see _POOLED_PATH.
+        with (
+            self._pool.connection() as pooled,
+            _autocommit(pooled),
+            psycopg.ClientCursor(pooled, row_factory=dict_row) as cur,
+        ):
+            while True:
+                cur.execute(*self._as_identity(query))
+                cur.nextset()
+                rows = cur.fetchall()
+                try:
+                    query = op.send(rows)
+                except StopIteration as done:
+                    result: T = done.value
+                    return result
 
     # -- operations ----------------------------------------------------------
     def create_job(
@@ -417,7 +473,12 @@ class AsyncClient(_Identity):
             pool
             if pool is not None
             else AsyncConnectionPool(
-                url or database_url(), min_size=min_size, max_size=max_size, open=False, name="jobq"
+                url or database_url(),
+                min_size=min_size,
+                max_size=max_size,
+                kwargs={"autocommit": True},  # see _POOLED_PATH
+                open=False,
+                name="jobq",
             )
         )
 
@@ -454,17 +515,8 @@ class AsyncClient(_Identity):
 
     # -- running an operation ----------------------------------------------
     @asynccontextmanager
-    async def _cursor(self, conn: AsyncConn | None) -> AsyncIterator[psycopg.AsyncCursor[Row]]:
-        if conn is None:
-            await self.open()
-            async with (
-                self._pool.connection() as pooled,
-                pooled.transaction(),
-                pooled.cursor(row_factory=dict_row) as cur,
-            ):
-                await act_as_async(cur, self.role, self._user_id, self._claims)
-                yield cur
-        elif _runs_alone(conn):
+    async def _cursor(self, conn: AsyncConn) -> AsyncIterator[psycopg.AsyncCursor[Row]]:
+        if _runs_alone(conn):
             async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
                 await act_as_async(cur, self.role, self._user_id, self._claims)
                 yield cur
@@ -483,6 +535,8 @@ class AsyncClient(_Identity):
     async def _run(self, op: Op[T], conn: AsyncConn | None) -> T:
         with translated():
             query = next(op)  # argument checks (JSON, cursor) run before any SQL
+            if conn is None:
+                return await self._run_pooled(op, query)
             async with self._cursor(conn) as cur:
                 while True:
                     await cur.execute(queries.get(query.name), query.params)
@@ -492,6 +546,24 @@ class AsyncClient(_Identity):
                     except StopIteration as done:
                         result: T = done.value
                         return result
+
+    async def _run_pooled(self, op: Op[T], query: _ops.Query) -> T:
+        # One message per query: see _POOLED_PATH.
+        await self.open()
+        async with (
+            self._pool.connection() as pooled,
+            _autocommit_async(pooled),
+            psycopg.AsyncClientCursor(pooled, row_factory=dict_row) as cur,
+        ):
+            while True:
+                await cur.execute(*self._as_identity(query))
+                cur.nextset()
+                rows = await cur.fetchall()
+                try:
+                    query = op.send(rows)
+                except StopIteration as done:
+                    result: T = done.value
+                    return result
 
     # -- operations (same signatures and meaning as Client's) --------------
     async def create_job(

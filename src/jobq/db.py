@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -82,6 +83,37 @@ def act_as(
     """
     query, params = act_as_query(role, user_id, extra_claims)
     target.execute(query, params)
+
+
+# The same switch with named parameters, to prefix another statement in one message.
+_ACT_AS_PREFIX = sql.SQL(
+    "select set_config('role', %(jobq_role)s, true),"
+    " set_config('request.jwt.claims', %(jobq_claims)s, true)"
+)
+
+
+def as_identity(
+    query: sql.SQL,
+    params: Mapping[str, Any],
+    role: str,
+    user_id: UUID | None = None,
+    extra_claims: dict[str, Any] | None = None,
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """``query`` run as ``role`` (and user) in one message: ``<switch>; <query>``.
+
+    Sent through a client-side-binding cursor on an autocommit connection, the
+    two statements are one simple-protocol message, which PostgreSQL runs as
+    one implicit transaction: the local settings last exactly as long as the
+    query. One round trip instead of BEGIN, switch, query, COMMIT. The caller
+    reads the query's rows after ``cursor.nextset()``.
+    """
+    if "jobq_role" in params or "jobq_claims" in params:
+        raise ValueError("parameter names jobq_role and jobq_claims are reserved")
+    _, (role, claims) = act_as_query(role, user_id, extra_claims)
+    return (
+        sql.SQL("{}; {}").format(_ACT_AS_PREFIX, query),
+        {**params, "jobq_role": role, "jobq_claims": claims},
+    )
 
 
 async def act_as_async(

@@ -706,3 +706,46 @@ def test_as_user_passes_the_rest_of_the_jwt_to_sql(
 def test_nul_byte_in_a_string_is_invalid_input(client: Client) -> None:
     with pytest.raises(InvalidInput):
         client.create_job("bad\x00type", user_id=A)
+
+
+def _frontend_messages(trace: str) -> list[str]:
+    """The message types libpq sent, from a PQtrace file (``F <len> <Type> ...``)."""
+    return [line.split("\t")[2] for line in trace.splitlines() if line.startswith("F\t")]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_pooled_call_is_one_message_and_leaves_no_identity_behind(
+    database_url: str, tmp_path: Any, fails: bool
+) -> None:
+    # A pool of the caller's (not autocommit) with one connection, traced at the
+    # protocol level: the identity switch and the call travel as one Query
+    # message (one round trip, one implicit transaction), whether the call
+    # succeeds or is refused, and the connection goes back as it came.
+    trace_path = tmp_path / "libpq.trace"
+    with (
+        ConnectionPool(database_url, min_size=1, max_size=1, open=True) as pool,
+        open(trace_path, "w") as trace,
+    ):
+        user = Client(pool=pool).as_user(A)
+        if fails:
+            for i in range(10):
+                user.create_job(f"fill.{i}")
+        with pool.connection() as conn:
+            conn.pgconn.trace(trace.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        if fails:
+            with pytest.raises(RateLimited):
+                user.create_job("one.too.many")
+        else:
+            user.create_job("traced")
+        with pool.connection() as conn:
+            conn.pgconn.untrace()
+            assert not conn.autocommit
+            assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+            row = conn.execute(
+                "select current_user = session_user,"
+                " coalesce(current_setting('request.jwt.claims', true), '')"
+            ).fetchone()
+            assert row == (True, "")
+            conn.rollback()
+    assert _frontend_messages(trace_path.read_text()) == ["Query"]
