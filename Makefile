@@ -42,6 +42,25 @@ bench: $(BENCH_STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m soak $(SOAK_ARGS)
 
+# Long schemathesis run against the API (CI runs 40 derandomized examples per
+# operation): `make fuzz-api`, or `make fuzz-api FUZZ_EXAMPLES=500 FUZZ_SEED=7`
+# (FUZZ_SEED=random draws a seed and prints it; the summary line gives examples,
+# calls, answers by status and seconds).
+FUZZ_EXAMPLES ?= 1000
+FUZZ_SEED ?= random
+.PHONY: fuzz-api
+fuzz-api: $(STAMP)
+	JOBQ_SCHEMATHESIS_EXAMPLES=$(FUZZ_EXAMPLES) JOBQ_SCHEMATHESIS_SEED=$(FUZZ_SEED) \
+		$(BIN)/pytest tests/api/test_schemathesis.py -s --timeout 0 $(PYTEST_ARGS)
+
+# Sustained mixed load at the API (not run by CI; tests/soak runs a small one):
+# `make load` drives 50 users for 10 minutes against a real `jobq serve` and a
+# worker; `make load LOAD_ARGS='--users 20 --duration 60'`. Writes
+# soak/results/load-<date>.md (and .json); exits 1 on any 5xx or transport error.
+.PHONY: load
+load: $(STAMP)
+	$(BIN)/python -m soak.api_load $(LOAD_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
