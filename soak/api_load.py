@@ -406,8 +406,8 @@ class LoadConfig:
     mix: dict[str, float] = field(
         default_factory=lambda: {"create": 2.0, "status": 4.0, "list": 2.0, "logs": 2.0}
     )
-    steps: int = 3
-    step_ms: float = 20.0
+    steps: int = 4
+    step_ms: float = 250.0
     think_ms: float = 0.0
     drain: float = 60.0
     seed: int = 1
