@@ -227,3 +227,26 @@ def run_load(kind: str, url: str, *, procs: int, seconds: float) -> float:
         c.join(timeout=30)
     # Each process ran for its own elapsed time (at least `seconds`): sum the rates.
     return sum(done / elapsed for _, done, _, elapsed in results)
+
+
+def run_paired(kinds: list[str], url: str, *, calls: int) -> dict[str, list[float]]:
+    """Seconds per call of each kind, measured call by call in turn in one process.
+
+    kinds[0], kinds[1], ..., kinds[0], ...: each call of one kind sits between
+    calls of the others, so a drift of the machine (another tenant's fsyncs, a
+    checkpoint) hits every kind alike. For one client this compares per-call
+    cost far more steadily than rounds of seconds each.
+    """
+    ops = {kind: KINDS[kind](url, 0) for kind in kinds}
+    for op in ops.values():
+        for _ in range(3):
+            op()
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for i in range(calls):
+        # rotate the order so that no kind always follows the same one
+        for j in range(len(kinds)):
+            kind = kinds[(i + j) % len(kinds)]
+            t0 = time.perf_counter()
+            ops[kind]()
+            times[kind].append(time.perf_counter() - t0)
+    return times
