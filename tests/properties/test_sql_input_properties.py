@@ -139,11 +139,10 @@ job_fields = st.fixed_dictionaries(
 )
 
 
-# create_jobs casts each element's fields with ::integer, ::timestamptz and
-# make_interval: a value out of range, or a date or time zone that is not one,
-# raises the cast's own class-22 code (22003, 22007, 22008, 22009, ...; clients map
-# class 22 to InvalidInput / HTTP 400), not one of the documented ones. See
-# test_create_jobs_field_casts_use_documented_codes.
+# create_jobs refuses a field that is not a value of its type, or out of range,
+# with 22023 naming the element and the field (test_create_jobs_field_casts_use_
+# documented_codes); any class-22 code is still accepted here as a clean refusal
+# (clients map class 22 to InvalidInput / HTTP 400).
 def class_22(error: psycopg.Error) -> bool:
     return (error.sqlstate or "").startswith("22")
 
@@ -163,10 +162,6 @@ def test_create_jobs_is_all_or_nothing_with_clean_refusals(c: Conn, jobs: list[A
         assert created == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="create_jobs: a field that fails its cast raises its class-22 code, undocumented",
-)
 @pytest.mark.parametrize(
     "job",
     [
@@ -180,9 +175,16 @@ def test_create_jobs_is_all_or_nothing_with_clean_refusals(c: Conn, jobs: list[A
     ids=["run_after-not-a-date", "priority-out-of-range", "ttl-out-of-range", "time-zone"],
 )
 def test_create_jobs_field_casts_use_documented_codes(c: Conn, job: dict[str, Any]) -> None:
+    user, good = uuid.uuid4(), {"job_type": "ok"}
     with pytest.raises(psycopg.Error) as info:
-        run_as(c, None, "SELECT * FROM create_jobs(%s, %s)", (uuid.uuid4(), Jsonb([job])))
+        run_as(c, None, "SELECT * FROM create_jobs(%s, %s)", (user, Jsonb([good, job])))
     assert info.value.sqlstate in DOCUMENTED, info.value.sqlstate
+    assert info.value.sqlstate == "22023", info.value.sqlstate
+    message = info.value.diag.message_primary or ""
+    assert message.startswith("p_jobs[1]: "), message
+    field = "ttl" if "ttl" in job else next(k for k in job if k != "job_type")
+    assert field in message, message
+    assert count_jobs(c, user) == 0, "all or nothing"
 
 
 @given(params=json_objects(max_leaves=10))

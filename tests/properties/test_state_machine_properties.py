@@ -27,7 +27,6 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -498,14 +497,11 @@ def test_any_sequence_of_operations_keeps_the_invariants(database_url: str) -> N
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retry_job raises max_retries to attempts (26) past its CHECK of 25: 23514",
-)
 def test_retry_job_after_all_26_attempts_of_max_retries_25(conn: Conn) -> None:
     """max_retries = 25 is allowed; after the 26th attempt failed, retry_job ("one more
-    attempt if all were used") sets max_retries = greatest(max_retries, attempts) = 26
-    and violates job_queue_max_retries_check (0..25): an undocumented 23514."""
+    attempt if all were used") once set max_retries = greatest(max_retries, attempts) = 26
+    and violated job_queue_max_retries_check (0..25): an undocumented 23514. At the cap
+    it now sets attempts back to 25, so the job runs once more (the 26th run again)."""
     job_id = conn.execute("SELECT create_job(%s, 'cap', '{}', 0, 25)", (SERVICED,)).fetchone()[0]  # type: ignore[index]
     for _ in range(26):
         conn.execute(
@@ -531,3 +527,7 @@ def test_retry_job_after_all_26_attempts_of_max_retries_25(conn: Conn) -> None:
         assert row is not None
         assert row[0] == "pending"
         assert row[1] <= row[2] <= 25, "one more attempt, within the caps"
+        assert conn.execute("SELECT count(*) FROM claim_jobs('w1', 1)").fetchone() == (1,)
+        assert conn.execute(
+            "SELECT fail_job(%s, 'boom', 'E', true, 'w1')", (job_id,)
+        ).fetchone() == (None,), "that was the last run"

@@ -200,7 +200,14 @@ def test_create_jobs_run_after(conn: Conn) -> None:
         ({"job_type": "ok", "params": [1]}, "22023"),
         ({"params": {}}, "22023"),  # no job_type
         ({"job_type": "ok", "priority": 101}, "22023"),
-        ({"job_type": "ok", "priority": "high"}, "22P02"),
+        ({"job_type": "ok", "priority": "high"}, "22023"),
+        ({"job_type": "ok", "priority": 10**20}, "22023"),
+        ({"job_type": "ok", "max_retries": 1.5}, "22023"),
+        ({"job_type": "ok", "run_after": "not a date"}, "22023"),
+        ({"job_type": "ok", "run_after": "2030-01-01 00:00-16"}, "22023"),
+        ({"job_type": "ok", "ttl": "forever"}, "22023"),
+        ({"job_type": "ok", "ttl": 1e13}, "22023"),  # PostgreSQL 15's make_interval wraps
+        ({"job_type": "ok", "run_after": "294000-01-01", "ttl": 1e10}, "22023"),
         ({"job_type": "ok", "max_retries": 26}, "22023"),
         ({"job_type": "ok", "ttl": -5}, "22023"),
         ({"job_type": "ok", "params": {"big": "x" * 70000}}, "54000"),
@@ -214,6 +221,79 @@ def test_create_jobs_is_all_or_nothing(conn: Conn, bad: Any, code: str) -> None:
     jobs = [{"job_type": "first"}, {"job_type": "second"}, bad, {"job_type": "last"}]
     with raises_sqlstate(code):
         call(conn, "create_jobs", user, Jsonb(jobs))
+    assert digest(conn) == before
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"job_type": "ok", "priority": "high"}, r"^p_jobs\[2\]: invalid priority: "),
+        ({"job_type": "ok", "priority": 10**20}, r"^p_jobs\[2\]: invalid priority: "),
+        ({"job_type": "ok", "max_retries": "x"}, r"^p_jobs\[2\]: invalid max_retries: "),
+        ({"job_type": "ok", "run_after": "[]"}, r"^p_jobs\[2\]: invalid run_after: "),
+        ({"job_type": "ok", "ttl": 1e13}, r"^p_jobs\[2\]: invalid ttl: "),
+        ({"job_type": "ok", "ttl": "NaN"}, r"^p_jobs\[2\]: invalid ttl: "),
+        ({"job_type": "ok", "run_after": "294000-01-01", "ttl": 1e10}, r"^p_jobs\[2\]: ttl .*"),
+        ({"job_type": "ok", "priority": 101}, r"^p_jobs\[2\]: priority must be between"),
+        ({"job_type": "a b"}, r"^p_jobs\[2\]: invalid job_type 'a b'$"),
+    ],
+)
+def test_create_jobs_names_the_element_and_field_it_refuses(
+    conn: Conn, bad: dict[str, Any], match: str
+) -> None:
+    before = digest(conn)
+    with raises_sqlstate("22023", match):
+        call(conn, "create_jobs", new_user(), Jsonb([{"job_type": "a"}, {"job_type": "b"}, bad]))
+    assert digest(conn) == before
+
+
+def test_create_jobs_keeps_the_code_of_other_refusals(conn: Conn) -> None:
+    user = new_user()
+    with raises_sqlstate("42501", r"^p_jobs\[1\]: only service callers"), as_user(conn, user):
+        call(
+            conn, "create_jobs", None, Jsonb([{"job_type": "a"}, {"job_type": "b", "priority": 5}])
+        )
+    conn.execute("update public.job_queue_config set max_params_bytes = 50")
+    with raises_sqlstate("54000", r"^p_jobs\[0\]: params is"):
+        call(conn, "create_jobs", user, Jsonb([{"job_type": "a", "params": {"v": "x" * 100}}]))
+
+
+def test_create_jobs_ttl_as_before(conn: Conn) -> None:
+    rows = call(
+        conn,
+        "create_jobs",
+        new_user(),
+        Jsonb(
+            [
+                {"job_type": "a", "ttl": None},
+                {"job_type": "b", "ttl": "90"},
+                {"job_type": "c", "ttl": 0.5},
+                {"job_type": "d", "ttl": 1e11},
+            ]
+        ),
+    )
+    ttls = [
+        (job(conn, r["job_id"])["expires_at"], job(conn, r["job_id"])["run_after"]) for r in rows
+    ]
+    assert ttls[0][0] is None, "null: never expires"
+    assert [e - r for e, r in ttls[1:]] == [
+        timedelta(seconds=90),
+        timedelta(seconds=0.5),
+        timedelta(seconds=1e11),
+    ]
+
+
+def test_create_job_ttl_past_the_end_of_time(conn: Conn) -> None:
+    before = digest(conn)
+    with raises_sqlstate("22023", "past the end of time"):
+        call(
+            conn,
+            "create_job",
+            new_user(),
+            "a",
+            run_after="294000-01-01T00:00:00Z",
+            ttl=timedelta(days=365 * 1000),
+        )
     assert digest(conn) == before
 
 
@@ -491,6 +571,81 @@ def test_complete_jobs_skips_jobs_no_longer_held(conn: Conn) -> None:
     assert job(conn, held[1])["result"] == {"n": 2}
     assert status(conn, cancelled) == "cancelled"
     assert status(conn, other) == "processing"
+
+
+# ---------------------------------------------------------------------------
+# The attempt a write is for (p_attempt / p_attempts)
+# ---------------------------------------------------------------------------
+
+
+def _second_attempt_by_the_same_worker(conn: Conn) -> uuid.UUID:
+    """A job that w1 ran (attempt 1), that was rescued, and that w1 runs again (attempt 2)."""
+    job_id = create_job(conn, new_user())
+    claim_one(conn, job_id, "w1")
+    conn.execute(
+        "update public.job_queue set heartbeat_at = now() - interval '1 hour' where id = %s",
+        (job_id,),
+    )
+    call(conn, "detect_stuck_jobs", timedelta(minutes=1))
+    _retry_now(conn, job_id)
+    assert claim_one(conn, job_id, "w1")["attempts"] == 2
+    return job_id
+
+
+@pytest.mark.parametrize(
+    ("fn", "args"),
+    [
+        ("update_job_progress", (50, "late")),
+        ("complete_job", ({"late": True},)),
+        ("fail_job", ("late", "E_LATE", True)),
+    ],
+)
+def test_a_write_for_an_earlier_attempt_is_refused(
+    conn: Conn, fn: str, args: tuple[Any, ...]
+) -> None:
+    job_id = _second_attempt_by_the_same_worker(conn)
+    before = digest(conn)
+    with raises_sqlstate("55000", "is running attempt 2, not attempt 1"):
+        call(conn, fn, job_id, *args, worker_id="w1", attempt=1)
+    assert digest(conn) == before
+    # the admin override names no worker, but an attempt still has to match
+    with raises_sqlstate("55000", "is running attempt 2, not attempt 1"):
+        call(conn, fn, job_id, *args, attempt=1)
+    assert digest(conn) == before
+    call(conn, fn, job_id, *args, worker_id="w1", attempt=2)
+    assert job(conn, job_id)["attempts"] == 2
+
+
+@pytest.mark.parametrize("attempt", [None, 2])
+def test_a_write_without_or_with_the_current_attempt_is_taken(
+    conn: Conn, attempt: int | None
+) -> None:
+    job_id = _second_attempt_by_the_same_worker(conn)
+    call(conn, "update_job_progress", job_id, 60, "now", "w1", attempt)
+    assert job(conn, job_id)["progress_percent"] == 60
+    call(conn, "complete_job", job_id, {"ok": 2}, "w1", attempt)
+    assert (status(conn, job_id), job(conn, job_id)["result"]) == ("completed", {"ok": 2})
+
+
+def test_complete_jobs_skips_an_earlier_attempt(conn: Conn) -> None:
+    stale = _second_attempt_by_the_same_worker(conn)
+    current = job_in_state(conn, new_user(), "processing")  # w1, attempt 1
+    unchecked = job_in_state(conn, new_user(), "processing")
+    ids = [stale, current, unchecked]
+    rows = conn.execute(
+        "select * from public.complete_jobs('w1', %s, %s::jsonb[], %s::integer[])",
+        (ids, [Jsonb({"n": i}) for i in range(3)], [1, 1, None]),
+    ).fetchall()
+    assert rows == [(stale, False), (current, True), (unchecked, True)]
+    assert (status(conn, stale), job(conn, stale)["result"]) == ("processing", None)
+    assert job(conn, current)["result"] == {"n": 1}
+    before = digest(conn)
+    with raises_sqlstate("22023", "p_job_ids and p_attempts must have the same length"):
+        conn.execute(
+            "select * from public.complete_jobs('w1', %s, %s::jsonb[], %s::integer[])",
+            ([stale], [Jsonb({})], [2, 2]),
+        )
+    assert digest(conn) == before
 
 
 def test_complete_jobs_bad_input(conn: Conn) -> None:
@@ -1917,6 +2072,33 @@ def test_retry_job_by_its_owner(conn: Conn) -> None:
     with as_user(conn, user):
         assert call(conn, "retry_job", job_id)[0]["retry_job"] == "pending"
     assert status(conn, job_id) == "pending"
+
+
+def test_retry_job_after_every_attempt_at_the_cap(conn: Conn) -> None:
+    """26 runs of max_retries 25 used: max_retries cannot go above 25, so attempts
+    goes back to 25 and the job runs once more (the 26th again), then fails for good."""
+    job_id = create_job(conn, new_user(), max_retries=25)
+    for _ in range(26):
+        assert [r["id"] for r in claim(conn)] == [job_id]
+        call(conn, "fail_job", job_id, "boom", "E", False, "w1")
+        if _ < 25:
+            call(conn, "retry_job", job_id)
+    row = job(conn, job_id)
+    assert (row["status"], row["attempts"], row["max_retries"]) == ("failed", 26, 25)
+    assert call(conn, "retry_job", job_id)[0]["retry_job"] == "pending"
+    row = job(conn, job_id)
+    assert (row["attempts"], row["max_retries"]) == (25, 25)
+    assert [(r["id"], r["attempts"]) for r in claim(conn)] == [(job_id, 26)]
+    assert call(conn, "fail_job", job_id, "boom", "E", True, "w1")[0]["fail_job"] is None
+
+
+def test_retry_job_keeps_unused_attempts(conn: Conn) -> None:
+    job_id = create_job(conn, new_user(), max_retries=3)
+    claim(conn)
+    call(conn, "fail_job", job_id, "boom", "E", False, "w1")
+    call(conn, "retry_job", job_id)
+    row = job(conn, job_id)
+    assert (row["attempts"], row["max_retries"]) == (1, 3)
 
 
 @pytest.mark.parametrize("state", ["pending", "processing", "completed", "cancelled", "expired"])
