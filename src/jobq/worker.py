@@ -68,22 +68,51 @@ class _Running:
     stopped: str | None = None
 
 
+@dataclass(frozen=True)
+class _Progress:
+    attempt: int  # the job's attempts when it was claimed: the write is for that run
+    percent: int
+    message: str | None
+
+
+@dataclass(frozen=True)
+class _Completion:
+    attempt: int
+    result: Any
+
+
+@dataclass(frozen=True)
+class _Failure:
+    attempt: int
+    code: str
+    message: str
+    retryable: bool
+
+
 @dataclass
 class _Outbox:
-    """Writes queued by handlers, drained by the flusher in batches."""
+    """Writes queued by handlers, drained by the flusher in batches.
 
-    progress: dict[UUID, tuple[int, str | None]] = field(default_factory=dict)
+    Every job write names the attempt it is for, so that the database refuses it
+    (55000, or completed = false) once the job runs another attempt, should this
+    worker have claimed it again meanwhile."""
+
+    progress: dict[UUID, _Progress] = field(default_factory=dict)
     logs: list[tuple[UUID, str, str, dict[str, Any]]] = field(default_factory=list)
-    completions: dict[UUID, Any] = field(default_factory=dict)
-    failures: dict[UUID, tuple[str, str, bool]] = field(default_factory=dict)
+    completions: dict[UUID, _Completion] = field(default_factory=dict)
+    failures: dict[UUID, _Failure] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __bool__(self) -> bool:
         return bool(self.progress or self.logs or self.completions or self.failures)
 
-    # Reporter protocol (called in the loop by JobContext)
-    def progress_update(self, job_id: UUID, percent: int, message: str | None) -> None:
-        self.progress[job_id] = (percent, message)
+    def progress_update(
+        self, job_id: UUID, attempt: int, percent: int, message: str | None
+    ) -> None:
+        queued = self.progress.get(job_id)
+        if queued is not None and queued.attempt > attempt:
+            return  # a late report of an earlier attempt: the later one's stays
+        self.progress[job_id] = _Progress(attempt, percent, message)
         self.wake.set()
 
     def log_line(
@@ -94,11 +123,14 @@ class _Outbox:
 
 
 class _Reporter:
-    def __init__(self, outbox: _Outbox) -> None:
+    """The Reporter of one attempt's JobContext: its progress names that attempt."""
+
+    def __init__(self, outbox: _Outbox, attempt: int) -> None:
         self._outbox = outbox
+        self._attempt = attempt
 
     def progress(self, job_id: UUID, percent: int, message: str | None) -> None:
-        self._outbox.progress_update(job_id, percent, message)
+        self._outbox.progress_update(job_id, self._attempt, percent, message)
 
     def log(self, job_id: UUID, level: LogLevel, message: str, metadata: dict[str, Any]) -> None:
         self._outbox.log_line(job_id, level, message, metadata)
@@ -157,7 +189,6 @@ class Worker:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._outbox = _Outbox()
-        self._reporter = _Reporter(self._outbox)
         self._executor = ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="jobq-handler"
         )
@@ -283,7 +314,8 @@ class Worker:
         self._outbox.completions.pop(job.id, None)
         self._outbox.failures.pop(job.id, None)
         self._outbox.progress.pop(job.id, None)
-        ctx = JobContext(job, self.worker_id, self._reporter, asyncio.get_running_loop())
+        reporter = _Reporter(self._outbox, job.attempts)
+        ctx = JobContext(job, self.worker_id, reporter, asyncio.get_running_loop())
         running = _Running(job, ctx)
         self._running[job.id] = running
         running.task = asyncio.create_task(self._run_job(running), name=f"jobq-job-{job.id}")
@@ -299,7 +331,7 @@ class Worker:
 
         def fail(code: str, message: str, retryable: bool) -> None:
             if current():
-                self._fail(job.id, code, message, retryable)
+                self._fail(job.id, job.attempts, code, message, retryable)
 
         try:
             if spec is None:
@@ -322,7 +354,7 @@ class Worker:
                     retryable=False,
                 ) from exc
             if current():
-                self._outbox.completions[job.id] = result
+                self._outbox.completions[job.id] = _Completion(job.attempts, result)
                 self._outbox.wake.set()
         except asyncio.CancelledError:
             # Stopped on purpose: a cancelled or lost job has nothing to write;
@@ -342,8 +374,8 @@ class Worker:
                 del self._running[job.id]
             self._wake.set()
 
-    def _fail(self, job_id: UUID, code: str, message: str, retryable: bool) -> None:
-        self._outbox.failures[job_id] = (code[:100], message[:4000], retryable)
+    def _fail(self, job_id: UUID, attempt: int, code: str, message: str, retryable: bool) -> None:
+        self._outbox.failures[job_id] = _Failure(attempt, code[:100], message[:4000], retryable)
         self._outbox.wake.set()
 
     def _stop_job(self, job_id: UUID, reason: str) -> None:
@@ -472,42 +504,50 @@ class Worker:
                     },
                 )
                 ob.logs.pop(0)
+            # An entry leaves only if it is still the one written: one queued meanwhile
+            # (a newer report, or the next attempt's end) waits for the next pass.
             for job_id in list(ob.progress):
-                percent, note = ob.progress[job_id]
+                progress = ob.progress[job_id]
                 await _best_effort(
                     conn,
                     query("update_job_progress"),
                     {
                         "job_id": job_id,
-                        "percent": percent,
-                        "message": note,
+                        "percent": progress.percent,
+                        "message": progress.message,
                         "worker_id": self.worker_id,
+                        "attempt": progress.attempt,
                     },
                 )
-                if ob.progress.get(job_id) == (percent, note):
+                if ob.progress.get(job_id) is progress:
                     del ob.progress[job_id]
             if ob.completions:
                 batch = dict(ob.completions)
                 await self._complete(conn, batch)
-                for job_id in batch:
-                    ob.completions.pop(job_id, None)
+                for job_id, completion in batch.items():
+                    if ob.completions.get(job_id) is completion:
+                        del ob.completions[job_id]
             for job_id in list(ob.failures):
-                code, message, retryable = ob.failures[job_id]
+                failure = ob.failures[job_id]
                 ok = await _best_effort(
                     conn,
                     query("fail_job"),
                     {
                         "job_id": job_id,
-                        "message": message,
-                        "code": code,
-                        "retryable": retryable,
+                        "message": failure.message,
+                        "code": failure.code,
+                        "retryable": failure.retryable,
                         "worker_id": self.worker_id,
+                        "attempt": failure.attempt,
                     },
                 )
                 self.failed += ok
-                del ob.failures[job_id]
+                if ob.failures.get(job_id) is failure:
+                    del ob.failures[job_id]
 
-    async def _complete(self, conn: psycopg.AsyncConnection[Any], batch: dict[UUID, Any]) -> None:
+    async def _complete(
+        self, conn: psycopg.AsyncConnection[Any], batch: dict[UUID, _Completion]
+    ) -> None:
         ids = list(batch)
         try:
             cur = await conn.execute(
@@ -515,7 +555,8 @@ class Worker:
                 {
                     "worker_id": self.worker_id,
                     "job_ids": ids,
-                    "results": [Jsonb(batch[i]) for i in ids],
+                    "results": [Jsonb(batch[i].result) for i in ids],
+                    "attempts": [batch[i].attempt for i in ids],
                 },
             )
             rows = await cur.fetchall()
@@ -533,13 +574,14 @@ class Worker:
                         query("complete_job"),
                         {
                             "job_id": job_id,
-                            "result": Jsonb(batch[job_id]),
+                            "result": Jsonb(batch[job_id].result),
                             "worker_id": self.worker_id,
+                            "attempt": batch[job_id].attempt,
                         },
                     )
                     self.completed += 1
                 except psycopg.errors.ObjectNotInPrerequisiteState:
-                    pass  # no longer ours
+                    pass  # no longer ours, or no longer this attempt
                 except psycopg.Error as refused:
                     if _lost_connection(refused):
                         raise
@@ -548,7 +590,8 @@ class Worker:
                         if isinstance(refused, psycopg.errors.ProgramLimitExceeded)
                         else "RESULT_NOT_JSON"
                     )
-                    self._fail(job_id, code, refused.diag.message_primary or str(refused), False)
+                    message = refused.diag.message_primary or str(refused)
+                    self._fail(job_id, batch[job_id].attempt, code, message, False)
 
     # -- shutdown -------------------------------------------------------------------
 

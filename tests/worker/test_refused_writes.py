@@ -19,7 +19,7 @@ from jobq.worker import _best_effort
 
 
 def _progress(job_id: object) -> dict[str, object]:
-    return {"job_id": job_id, "percent": 100, "message": "late", "worker_id": "w1"}
+    return {"job_id": job_id, "percent": 100, "message": "late", "worker_id": "w1", "attempt": 1}
 
 
 def test_a_refused_write_is_dropped(database_url: str) -> None:

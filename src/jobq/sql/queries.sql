@@ -147,20 +147,25 @@ SELECT public.update_job_progress(
     p_job_id           => %(job_id)s::uuid,
     p_progress_percent => %(percent)s::integer,
     p_progress_message => %(message)s::text,
-    p_worker_id        => %(worker_id)s::text);
+    p_worker_id        => %(worker_id)s::text,
+    p_attempt          => %(attempt)s::integer);
 
 -- name: complete_jobs
+-- p_attempts: the attempt each result is for; a job running another attempt
+-- (claimed again since) is not completed by it (completed = false).
 SELECT c.job_id, c.completed
   FROM public.complete_jobs(
     p_worker_id => %(worker_id)s::text,
     p_job_ids   => %(job_ids)s::uuid[],
-    p_results   => %(results)s::jsonb[]) AS c;
+    p_results   => %(results)s::jsonb[],
+    p_attempts  => %(attempts)s::integer[]) AS c;
 
 -- name: complete_job
 SELECT public.complete_job(
     p_job_id    => %(job_id)s::uuid,
     p_result    => %(result)s::jsonb,
-    p_worker_id => %(worker_id)s::text);
+    p_worker_id => %(worker_id)s::text,
+    p_attempt   => %(attempt)s::integer);
 
 -- name: fail_job
 SELECT public.fail_job(
@@ -168,7 +173,8 @@ SELECT public.fail_job(
     p_error_message => %(message)s::text,
     p_error_code    => %(code)s::text,
     p_retryable     => %(retryable)s::boolean,
-    p_worker_id     => %(worker_id)s::text);
+    p_worker_id     => %(worker_id)s::text,
+    p_attempt       => %(attempt)s::integer);
 
 -- name: release_jobs
 SELECT public.release_jobs(p_worker_id => %(worker_id)s::text, p_job_ids => %(job_ids)s::uuid[]);
