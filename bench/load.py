@@ -174,6 +174,34 @@ def make_get_job_user(url: str, proc: int) -> Op:
     return op
 
 
+def make_get_jobs_user(url: str, proc: int) -> Op:
+    """Status of 100 jobs per call (Client.get_jobs as their user): a dashboard's poll."""
+    from jobq import Client
+
+    client = Client(url, min_size=1, max_size=1)
+    with psycopg.connect(url) as c:
+        rows = c.execute(
+            # pages of 100 jobs of one user, 50 different pages
+            "SELECT user_id, array_agg(id) FROM ("
+            "  SELECT user_id, id,"
+            "         (row_number() OVER (PARTITION BY user_id ORDER BY id) - 1) / 100 AS page"
+            "    FROM job_queue) p"
+            " GROUP BY user_id, page HAVING count(*) = 100 ORDER BY random() LIMIT 50"
+        ).fetchall()
+    if not rows:
+        raise RuntimeError("get_jobs_user needs users with 100 jobs each")
+    polls = [(client.as_user(u), ids) for u, ids in rows]
+    n = proc * 7
+
+    def op() -> int:
+        nonlocal n
+        n += 1
+        view, ids = polls[n % len(polls)]
+        return len(view.get_jobs(ids))
+
+    return op
+
+
 KINDS: dict[str, Callable[[str, int], Op]] = {
     "plain_insert": make_plain_insert,
     "multirow_insert": make_multirow_insert,
@@ -183,6 +211,7 @@ KINDS: dict[str, Callable[[str, int], Op]] = {
     "create_job_sql": make_create_job_sql,
     "create_jobs_bulk": make_create_jobs_bulk,
     "get_job_user": make_get_job_user,
+    "get_jobs_user": make_get_jobs_user,
 }
 
 

@@ -204,7 +204,9 @@ def run(admin: str, sizes: TputSizes) -> Section:
             for k in ("plain_insert", "create_job_service", "create_job_user")
         ]
         plan += [("multirow_insert", 1), ("create_jobs_bulk", 1)]
-        plan += [(k, p) for p in sizes.procs for k in ("bare_select", "get_job_user")]
+        plan += [
+            (k, p) for p in sizes.procs for k in ("bare_select", "get_job_user", "get_jobs_user")
+        ]
         got: dict[tuple[str, int], list[float]] = {}
         for _ in range(sizes.rounds):
             for kind, procs in plan:
@@ -286,14 +288,24 @@ def run(admin: str, sizes: TputSizes) -> Section:
                 )
             )
             rate = med[("get_job_user", procs)]
-            last = procs == max(sizes.procs)
             section.rows.append(
                 _rate_row(
                     f"status checks (Client.get_job as the user), {procs} client(s)",
                     rate,
                     ratio=rate / rbase,
                     ratio_of=f"SELECT by id, {procs} client(s)",
-                    target="spec: 50K+/s read" if last else "",
+                )
+            )
+            # The spec's "50K+ jobs/sec read" counts jobs read: one poll of 100.
+            rate = med[("get_jobs_user", procs)]
+            last = procs == max(sizes.procs)
+            section.rows.append(
+                _rate_row(
+                    f"jobs read, 100 per call (Client.get_jobs as the user), {procs} client(s)",
+                    rate,
+                    ratio=rate / rbase,
+                    ratio_of=f"SELECT by id (1 job per call), {procs} client(s)",
+                    target="spec: 50K+ jobs/s read" if last else "",
                     ok=(rate >= 50_000) if last else None,
                 )
             )

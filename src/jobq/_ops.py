@@ -277,6 +277,21 @@ def get_job(job_id: JobId) -> Op[Job]:
     return from_row(Job, rows[0])
 
 
+MAX_GET_JOBS = 1000
+
+
+def get_jobs(job_ids: Sequence[JobId]) -> Op[dict[UUID, Job]]:
+    ids = list(job_ids)
+    if len(ids) > MAX_GET_JOBS:
+        raise InvalidInput(f"at most {MAX_GET_JOBS} job ids per call, got {len(ids)}")
+    try:
+        uuids = [i if isinstance(i, UUID) else UUID(str(i)) for i in ids]
+    except ValueError as exc:
+        raise InvalidInput(f"malformed job id: {exc}") from exc
+    rows = yield Query("get_jobs", {"job_ids": uuids})
+    return {job.id: job for job in (from_row(Job, r) for r in rows)}
+
+
 def _user_jobs_params(
     *,
     user_id: UserId | None,

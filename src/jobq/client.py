@@ -350,6 +350,13 @@ class Client(_Identity):
         """One job (NotFound if it does not exist or is not the user's)."""
         return self._run(_ops.get_job(job_id), conn)
 
+    def get_jobs(
+        self, job_ids: Sequence[JobId], *, conn: SyncConn | None = None
+    ) -> dict[UUID, Job]:
+        """Up to 1,000 jobs in one read, by id; ids that do not exist or are not
+        the user's are absent from the result (a status poll of many jobs)."""
+        return self._run(_ops.get_jobs(job_ids), conn)
+
     def list_jobs(
         self,
         *,
@@ -648,6 +655,12 @@ class AsyncClient(_Identity):
     async def get_job(self, job_id: JobId, *, conn: AsyncConn | None = None) -> Job:
         """One job (NotFound if it does not exist or is not the user's)."""
         return await self._run(_ops.get_job(job_id), conn)
+
+    async def get_jobs(
+        self, job_ids: Sequence[JobId], *, conn: AsyncConn | None = None
+    ) -> dict[UUID, Job]:
+        """Up to 1,000 jobs in one read, by id (see Client.get_jobs)."""
+        return await self._run(_ops.get_jobs(job_ids), conn)
 
     async def list_jobs(
         self,

@@ -15,9 +15,14 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "cancelled", "expire
 T = TypeVar("T")
 
 
+_FIELD_NAMES: dict[type[Any], frozenset[str]] = {}
+
+
 def from_row(cls: type[T], row: dict[str, Any]) -> T:
     """Build ``cls`` from a dict row, ignoring columns it does not declare."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = _FIELD_NAMES.get(cls)
+    if names is None:  # once per class: a worker builds thousands of rows a second
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
     return cls(**{k: v for k, v in row.items() if k in names})
 
 

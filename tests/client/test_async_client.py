@@ -231,3 +231,30 @@ def test_transactional_enqueue_on_the_callers_async_connection(
     run(database_url, body)
     assert conn.execute("select count(*) from public.orders").fetchone() == (1,)
     assert conn.execute("select count(*) from public.job_queue").fetchone() == (1,)
+
+
+def test_get_jobs_and_the_callers_pool_comes_back_unchanged(database_url: str) -> None:
+    # A pool of the caller's (not autocommit): the one-message path borrows its
+    # connection in autocommit and hands it back as it came, identity unset.
+    from psycopg_pool import AsyncConnectionPool
+
+    async def main() -> None:
+        async with AsyncConnectionPool(database_url, min_size=1, max_size=1) as pool:
+            client = AsyncClient(pool=pool)
+            mine = await client.as_user(A).create_job("poll.a")
+            theirs = await client.as_user(B).create_job("poll.b")
+            assert set(await client.as_user(A).get_jobs([mine, theirs])) == {mine}
+            for i in range(9):
+                await client.as_user(A).create_job(f"fill.{i}")
+            with pytest.raises(RateLimited):
+                await client.as_user(A).create_job("one.too.many")
+            async with pool.connection() as conn:
+                assert not conn.autocommit
+                cur = await conn.execute(
+                    "select current_user = session_user,"
+                    " coalesce(current_setting('request.jwt.claims', true), '')"
+                )
+                assert await cur.fetchone() == (True, "")
+                assert conn.info.transaction_status == pq.TransactionStatus.INTRANS
+
+    asyncio.run(main())

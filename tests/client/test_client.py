@@ -749,3 +749,26 @@ def test_a_pooled_call_is_one_message_and_leaves_no_identity_behind(
             assert row == (True, "")
             conn.rollback()
     assert _frontend_messages(trace_path.read_text()) == ["Query"]
+
+
+def test_get_jobs_reads_many_and_hides_what_is_not_the_callers(client: Client) -> None:
+    mine = [client.as_user(A).create_job(f"poll.{i}") for i in range(3)]
+    theirs = client.as_user(B).create_job("poll.b")
+    unknown = uuid.uuid4()
+    got = client.as_user(A).get_jobs([*mine, str(theirs), unknown])
+    assert set(got) == set(mine)
+    assert all(got[j].user_id == A and got[j].id == j for j in mine)
+    # the service sees every job; an empty list reads nothing
+    assert set(client.get_jobs([*mine, theirs])) == {*mine, theirs}
+    assert client.as_user(A).get_jobs([]) == {}
+
+
+@pytest.mark.parametrize(
+    ("ids", "match"),
+    [(["not-a-uuid"], "malformed job id"), ([uuid.uuid4()] * 1001, "at most 1000")],
+)
+def test_get_jobs_refuses_bad_ids_before_any_sql(
+    client: Client, ids: list[Any], match: str
+) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        client.as_user(A).get_jobs(ids)

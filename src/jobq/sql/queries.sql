@@ -52,6 +52,11 @@ SELECT c.job_id, c.result, c.completed_at
 -- A plain read under RLS: a user sees only their own jobs.
 SELECT j.* FROM public.job_queue j WHERE j.id = %(job_id)s::uuid;
 
+-- name: get_jobs
+-- Many jobs in one read (a dashboard polling a page of jobs), under RLS: ids
+-- that do not exist or are not the caller's are simply not returned.
+SELECT j.* FROM public.job_queue j WHERE j.id = ANY(%(job_ids)s::uuid[]);
+
 -- name: get_user_jobs
 -- Offset pagination (with total_count in every row) or, when the cursor
 -- arguments are given, keyset pagination on (created_at, id).
