@@ -115,7 +115,18 @@ def _listener(url: str, channel: str, ready: Any, out: Any, count: int) -> None:
     asyncio.run(main())
 
 
-def listen_notify(url: str, *, samples: int) -> Timing:
+# A bare NOTIFY writes no WAL, so its commit waits for no disk flush; a job
+# queue's enqueue must be durable. The second baseline is the least a durable
+# enqueue with a wake-up can cost: one row inserted and a NOTIFY, one commit.
+PING = "SELECT pg_notify('bench_ping', %s)"
+DURABLE_PING = (
+    f"WITH j AS (INSERT INTO {BARE_TABLE} (user_id, job_type, params, expires_at)"
+    " VALUES (gen_random_uuid(), 'ping', '{}', now() + interval '24 hours') RETURNING id)"
+    " SELECT pg_notify('bench_ping', %s) FROM j"
+)
+
+
+def listen_notify(url: str, *, samples: int, statement: str = PING) -> Timing:
     """Seconds from just before a NOTIFY is sent (one autocommit statement) until a
     listening process holds it, with the listener idle between pings."""
     ctx = mp.get_context("spawn")
@@ -131,7 +142,7 @@ def listen_notify(url: str, *, samples: int) -> Timing:
         for i in range(samples + warm):
             time.sleep(random.uniform(0.01, 0.03))  # noqa: S311
             t0 = time.time()
-            conn.execute("SELECT pg_notify('bench_ping', %s)", (str(i),))
+            conn.execute(statement, (str(i),))
             payload, t1 = out.get(timeout=10)
             assert payload == str(i)
             if i >= warm:
