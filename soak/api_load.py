@@ -37,12 +37,14 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import secrets
 import shlex
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -113,6 +115,8 @@ class Tally:
         default_factory=lambda: {op: Counter() for op in OPS}
     )
     per_second: Counter[int] = field(default_factory=Counter)
+    # latencies by minute of the run, for the timeline
+    per_minute: dict[int, list[float]] = field(default_factory=dict)
     error_examples: list[str] = field(default_factory=list)
     created_ids: int = 0
 
@@ -178,7 +182,9 @@ async def user_loop(
         elapsed = time.perf_counter() - start
         tally.latencies[op].append(elapsed)
         tally.statuses[op][r.status_code] += 1
-        tally.per_second[int(time.monotonic() - t0)] += 1
+        second = int(time.monotonic() - t0)
+        tally.per_second[second] += 1
+        tally.per_minute.setdefault(second // 60, []).append(elapsed)
         if op == "create" and r.status_code == 201:
             user.jobs.append(r.json()["job_id"])
             tally.created_ids += 1
@@ -308,6 +314,52 @@ def autovacuum_settings(url: str) -> dict[str, str]:
     return out
 
 
+SAMPLE = """
+SELECT s.n_live_tup, s.n_dead_tup, s.autovacuum_count, pg_total_relation_size('job_queue'),
+       (SELECT sum(pg_total_relation_size(relid))::bigint
+          FROM pg_partition_tree('job_log') WHERE isleaf)
+  FROM pg_stat_user_tables s WHERE s.relid = 'job_queue'::regclass
+"""
+
+
+class Sampler(threading.Thread):
+    """job_queue's live/dead tuples, autovacuums and sizes every ``every`` seconds."""
+
+    def __init__(self, url: str, every: float = 10.0) -> None:
+        super().__init__(daemon=True, name="load-sampler")
+        self.url = url
+        self.every = every
+        self.samples: list[dict[str, Any]] = []
+        self.t0 = time.monotonic()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.url, autocommit=True) as c:
+                while not self._done.is_set():
+                    row = c.execute(SAMPLE).fetchone()
+                    if row is not None:
+                        live, dead, av, queue, log = row
+                        self.samples.append(
+                            {
+                                "t": time.monotonic() - self.t0,
+                                "live": live,
+                                "dead": dead,
+                                "autovacuum_count": av,
+                                "job_queue_bytes": queue,
+                                "job_log_bytes": log,
+                            }
+                        )
+                    self._done.wait(self.every)
+        except psycopg.Error as exc:  # the figures go without a timeline, not the run
+            print(f"load: sampler stopped: {exc}", file=sys.stderr)
+
+    def stop(self) -> None:
+        self._done.set()
+        if self.is_alive():
+            self.join(10)
+
+
 def job_counts(url: str) -> dict[str, int]:
     with psycopg.connect(url, autocommit=True) as c:
         return {
@@ -362,6 +414,7 @@ def start_worker(url: str, i: int, concurrency: int, log: Path) -> subprocess.Po
     env = {
         **os.environ,
         "DATABASE_URL": url,
+        "COLUMNS": "500",  # one log line per record (rich wraps at the terminal width)
         "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
     }
     cmd = [
@@ -391,6 +444,36 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+REFUSED = re.compile(r"write refused \((\w+)\): (.*?)(?:\s+\w+\.py:\d+)?\s*$")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def refusals(log_dir: Path) -> dict[str, int]:
+    """The workers' refused writes, by reason (from their logs)."""
+    found: Counter[str] = Counter()
+    for log in log_dir.glob("worker-*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            m = REFUSED.search(line)
+            if m:
+                found[f"{m[1]} {UUID_RE.sub('<id>', m[2]).strip()}"] += 1
+    return dict(found)
+
+
+def tree() -> str:
+    """The commit the run used, and whether the sources had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.split("\n")
+    except OSError:
+        return "?"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return head + (f" + uncommitted: {', '.join(changed)}" if changed else "")
 
 
 # -- the run -------------------------------------------------------------------------
@@ -425,7 +508,9 @@ def run_load(cfg: LoadConfig, url: str, log_dir: Path) -> dict[str, Any]:
         for i in range(cfg.workers)
     ]
     params = {"steps": cfg.steps, "step_ms": cfg.step_ms}
+    sampler = Sampler(url)
     try:
+        sampler.start()
         tally, seconds = asyncio.run(
             drive(
                 f"http://127.0.0.1:{port}",
@@ -439,18 +524,22 @@ def run_load(cfg: LoadConfig, url: str, log_dir: Path) -> dict[str, Any]:
             )
         )
         load_end = os.getloadavg()[0]
+        sampler.stop()
         at_stop = job_counts(url)
         drained = wait_drained(url, cfg.drain)
     finally:
+        sampler.stop()
         stop([server, *workers])
     time.sleep(1.0)  # let the backends' statistics reach pg_stat_user_tables
     after = snapshot(url)
     return figures(cfg, tally, seconds, before, after, at_stop, job_counts(url), url) | {
         "drain_seconds": drained,
+        "samples": sampler.samples,
         "loadavg_start": load_start,
         "loadavg_end": load_end,
         "autovacuum_settings": autovacuum_settings(url),
         "writes": log_and_progress(url),
+        "worker_write_refusals": refusals(log_dir),
         "server_exit": server.returncode,
         "worker_exits": [w.returncode for w in workers],
     }
@@ -498,6 +587,17 @@ def figures(
             "rps_10s_min": min(per_10s) if per_10s else None,
             "rps_10s_max": max(per_10s) if per_10s else None,
         },
+        "minutes": [
+            {
+                "minute": m + 1,
+                "rps": sum(per_s[m * 60 : (m + 1) * 60])
+                / max(1, len(per_s[m * 60 : (m + 1) * 60])),
+                "p50_ms": percentile(lat, 50) * 1000,
+                "p99_ms": percentile(lat, 99) * 1000,
+            }
+            for m, lat in sorted(tally.per_minute.items())
+            if m * 60 < int(seconds)
+        ],
         "errors": tally.total_errors,
         "five_xx": five_xx,
         "transport_errors": transport,
@@ -588,6 +688,31 @@ def render(fig: dict[str, Any], machine: dict[str, str], command: str, date: str
             f"Throughput per 10 s window: {ov['rps_10s_min']:,.0f} to {ov['rps_10s_max']:,.0f}"
             " req/s.\n"
         )
+    if len(fig["minutes"]) > 1:
+        w(
+            "By minute (job_queue's tuples and sizes sampled every 10 s,"
+            " the last sample of the minute):\n"
+        )
+        w(
+            "| minute | req/s | p50 ms | p99 ms | job_queue live | dead | autovacuums"
+            " | job_queue | job_log |"
+        )
+        w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for m in fig["minutes"]:
+            inside = [x for x in fig["samples"] if x["t"] < m["minute"] * 60]
+            last = inside[-1] if inside else {}
+            w(
+                f"| {m['minute']} | {m['rps']:,.0f} | {m['p50_ms']:.0f} | {m['p99_ms']:.0f} "
+                f"| {last.get('live', 0):,} | {last.get('dead', 0):,} "
+                f"| {last.get('autovacuum_count', 0)} | {_b(last.get('job_queue_bytes'))} "
+                f"| {_b(last.get('job_log_bytes'))} |"
+            )
+        w("")
+        if fig["samples"]:
+            w(
+                f"Most dead tuples in job_queue at a sample: "
+                f"{max(x['dead'] for x in fig['samples']):,}.\n"
+            )
     w(
         f"Errors: **{fig['errors']}** ({fig['five_xx']} 5xx, {fig['transport_errors']} transport"
         f" errors, the rest unexpected 4xx). Rate-limit refusals (429 on create, the"
@@ -605,6 +730,12 @@ def render(fig: dict[str, Any], machine: dict[str, str], command: str, date: str
     w(f"- when the load stopped: {at_stop}")
     w(f"- after draining ({fig['drain_seconds']:.1f} s): {at_end}")
     wr = fig["writes"]
+    refused = fig.get("worker_write_refusals") or {}
+    if refused:
+        w(
+            "- worker writes refused by the database (logged by the worker, dropped): "
+            + "; ".join(f"{n:,} x `{k}`" for k, n in sorted(refused.items()))
+        )
     w(
         f"- written by the worker: {wr['log_rows']:,} log rows; {wr['jobs_with_progress']:,}"
         " jobs with progress > 0\n"
@@ -731,11 +862,13 @@ def main(argv: list[str] | None = None) -> int:
         admin, kind = args.database_url, "DATABASE_URL"
     else:
         admin, kind = default_admin_url(), f"embedded ({embedded.data_dir()})"
-    command = "python -m soak.api_load " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    command = " ".join(["python -m soak.api_load", *(shlex.quote(a) for a in given)])
     print(f"load: {cfg.users} users for {cfg.duration:g} s, server {kind}", flush=True)
     name, url = create_scratch(admin)
     try:
         machine = machine_info(server_facts(url), kind)
+        machine["jobq"] = tree()
         with tempfile.TemporaryDirectory(prefix="jobq-load-") as logs:
             try:
                 fig = run_load(cfg, url, Path(logs))
