@@ -528,8 +528,8 @@ def run_load(cfg: LoadConfig, url: str, log_dir: Path) -> dict[str, Any]:
         at_stop = job_counts(url)
         drained = wait_drained(url, cfg.drain)
     finally:
+        stop([server, *workers])  # first: nothing below may leave them running
         sampler.stop()
-        stop([server, *workers])
     time.sleep(1.0)  # let the backends' statistics reach pg_stat_user_tables
     after = snapshot(url)
     return figures(cfg, tally, seconds, before, after, at_stop, job_counts(url), url) | {
