@@ -13,10 +13,14 @@ running API server and its tokens from tests/api/conftest.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from tests.api.conftest import api, api_settings, keys, sse, start_api, tokens
 from tests.attack._arena import Arena, build_arena
 from tests.attack._recorder import RECORDER
@@ -39,6 +43,31 @@ __all__ = [
 @pytest.fixture
 def arena(conn: Conn, world: Any) -> Arena:
     return build_arena(conn, world)
+
+
+@pytest.fixture
+def login_in(conn: Conn, database_url: str) -> Iterator[Callable[[str], Conn]]:
+    """A LOGIN role granted only ``role`` (anon or authenticated), connected."""
+    made: list[tuple[str, Conn]] = []
+
+    def make(role: str) -> Conn:
+        name = f"jobq_attacker_{secrets.token_hex(4)}"
+        password = secrets.token_urlsafe(16)
+        conn.execute(
+            sql.SQL("create role {} login password {} in role {}").format(
+                sql.Identifier(name), sql.Literal(password), sql.Identifier(role)
+            )
+        )
+        c = psycopg.connect(
+            make_conninfo(database_url, user=name, password=password), autocommit=True
+        )
+        made.append((name, c))
+        return c
+
+    yield make
+    for name, c in made:
+        c.close()
+        conn.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -10,14 +10,11 @@ session_replication_role, row_security off) stay closed.
 from __future__ import annotations
 
 import json
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from tests.attack._arena import Arena, party_snapshot
 from tests.attack._recorder import RECORDER, Leak, Unexpected, markers_in
 from tests.sql.helpers import Conn
@@ -57,31 +54,6 @@ ACTING: list[tuple[str, str]] = [
     ("set local session authorization postgres", "42501"),
     ("reset role; set local role service_role", "42501"),
 ]
-
-
-@pytest.fixture
-def login_in(conn: Conn, database_url: str) -> Iterator[Callable[[str], Conn]]:
-    """A LOGIN role granted only ``role`` (anon or authenticated), connected."""
-    made: list[tuple[str, Conn]] = []
-
-    def make(role: str) -> Conn:
-        name = f"jobq_forge_{secrets.token_hex(4)}"
-        password = secrets.token_urlsafe(16)
-        conn.execute(
-            sql.SQL("create role {} login password {} in role {}").format(
-                sql.Identifier(name), sql.Literal(password), sql.Identifier(role)
-            )
-        )
-        c = psycopg.connect(
-            make_conninfo(database_url, user=name, password=password), autocommit=True
-        )
-        made.append((name, c))
-        return c
-
-    yield make
-    for name, c in made:
-        c.close()
-        conn.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
 
 
 def _claims(sub: Any, role: str = "authenticated") -> str:

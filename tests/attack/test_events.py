@@ -15,14 +15,11 @@ is recorded as a finding, not as a leak.
 from __future__ import annotations
 
 import json
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from tests.api._support import Api, Frame, SSEReader
 from tests.attack._arena import Arena, Party
 from tests.attack._recorder import RECORDER, Leak, markers_in
@@ -100,38 +97,12 @@ def test_a_users_stream_never_carries_another_users_jobs(
 # -- LISTEN in SQL ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def login_in_role(
-    conn: Conn, database_url: str
-) -> Iterator[Callable[[str], psycopg.Connection[Any]]]:
-    made: list[tuple[str, psycopg.Connection[Any]]] = []
-
-    def make(role: str) -> psycopg.Connection[Any]:
-        name = f"jobq_listen_{secrets.token_hex(4)}"
-        password = secrets.token_urlsafe(16)
-        conn.execute(
-            sql.SQL("create role {} login password {} in role {}").format(
-                sql.Identifier(name), sql.Literal(password), sql.Identifier(role)
-            )
-        )
-        c = psycopg.connect(
-            make_conninfo(database_url, user=name, password=password), autocommit=True
-        )
-        made.append((name, c))
-        return c
-
-    yield make
-    for name, c in made:
-        c.close()
-        conn.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
-
-
 @pytest.mark.parametrize("role", ["authenticated", "anon"])
 def test_listen_as_a_sql_login_sees_every_users_payload(
-    conn: Conn, arena: Arena, login_in_role: Callable[[str], psycopg.Connection[Any]], role: str
+    conn: Conn, arena: Arena, login_in: Callable[[str], Conn], role: str
 ) -> None:
     """What a SQL login in an API role receives on the channel: everything (documented)."""
-    listener = login_in_role(role)
+    listener = login_in(role)
     listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
     v = arena.b
     conn.execute("select complete_job(%s, '{\"secret\": \"bsecret\"}', 'w1')", (v.processing,))
