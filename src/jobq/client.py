@@ -25,6 +25,7 @@ The operations themselves (SQL name, parameters, parsing) live in
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta
@@ -53,7 +54,7 @@ from jobq._ops import (
     Row,
     UserId,
 )
-from jobq.db import act_as, act_as_async, as_identity, database_url
+from jobq.db import act_as, act_as_async, as_identity_params, as_identity_query, database_url
 from jobq.errors import InvalidInput, translated
 from jobq.models import DepthRow, Job, StatRow, Throughput
 
@@ -99,6 +100,12 @@ def _runs_alone(conn: SyncConn | AsyncConn) -> bool:
 # transaction: one round trip instead of four (BEGIN, switch, query, COMMIT).
 # An operation that needs a second query (a page past the last one asks for the
 # total) sends it the same way, as a transaction of its own; both are reads.
+
+
+@functools.cache
+def _one_message(name: str) -> sql.Composed:
+    """The named query behind the identity switch, composed once per name."""
+    return as_identity_query(queries.get(name))
 
 
 @contextmanager
@@ -154,9 +161,8 @@ class _Identity:
         return SERVICE_ROLE if self._user_id is None else USER_ROLE
 
     def _as_identity(self, query: _ops.Query) -> tuple[sql.Composed, dict[str, Any]]:
-        return as_identity(
-            queries.get(query.name), query.params, self.role, self._user_id, self._claims
-        )
+        params = as_identity_params(query.params, self.role, self._user_id, self._claims)
+        return _one_message(query.name), params
 
     def _user(self, user_id: UserId | None) -> UserId | None:
         """An explicit user_id argument, else this view's user (None for the service)."""

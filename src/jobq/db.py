@@ -92,28 +92,30 @@ _ACT_AS_PREFIX = sql.SQL(
 )
 
 
-def as_identity(
-    query: sql.SQL,
-    params: Mapping[str, Any],
-    role: str,
-    user_id: UUID | None = None,
-    extra_claims: dict[str, Any] | None = None,
-) -> tuple[sql.Composed, dict[str, Any]]:
-    """``query`` run as ``role`` (and user) in one message: ``<switch>; <query>``.
+def as_identity_query(query: sql.SQL) -> sql.Composed:
+    """``query`` preceded by the identity switch, as one message: ``<switch>; <query>``.
 
     Sent through a client-side-binding cursor on an autocommit connection, the
     two statements are one simple-protocol message, which PostgreSQL runs as
     one implicit transaction: the local settings last exactly as long as the
     query. One round trip instead of BEGIN, switch, query, COMMIT. The caller
-    reads the query's rows after ``cursor.nextset()``.
+    reads the query's rows after ``cursor.nextset()``; its parameters are the
+    query's plus :func:`as_identity_params`.
     """
+    return sql.SQL("{}; {}").format(_ACT_AS_PREFIX, query)
+
+
+def as_identity_params(
+    params: Mapping[str, Any],
+    role: str,
+    user_id: UUID | None = None,
+    extra_claims: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``params`` plus the switch's own two, for :func:`as_identity_query`."""
     if "jobq_role" in params or "jobq_claims" in params:
         raise ValueError("parameter names jobq_role and jobq_claims are reserved")
     _, (role, claims) = act_as_query(role, user_id, extra_claims)
-    return (
-        sql.SQL("{}; {}").format(_ACT_AS_PREFIX, query),
-        {**params, "jobq_role": role, "jobq_claims": claims},
-    )
+    return {**params, "jobq_role": role, "jobq_claims": claims}
 
 
 async def act_as_async(
