@@ -489,6 +489,11 @@ class Worker:
         """One pass. Items leave the outbox only once written (or refused for good)."""
         assert self._pool is not None
         ob = self._outbox
+        # Ends are taken before any progress is written: a handler that reports
+        # progress and then ends during this pass has both wait for the next one,
+        # where the progress lands first (else it is refused: the job has ended).
+        completions = dict(ob.completions)
+        failures = dict(ob.failures)
         async with self._pool.connection() as conn:
             # Logs and progress first, so a job's last words land before its end.
             while ob.logs:
@@ -521,14 +526,12 @@ class Worker:
                 )
                 if ob.progress.get(job_id) is progress:
                     del ob.progress[job_id]
-            if ob.completions:
-                batch = dict(ob.completions)
-                await self._complete(conn, batch)
-                for job_id, completion in batch.items():
+            if completions:
+                await self._complete(conn, completions)
+                for job_id, completion in completions.items():
                     if ob.completions.get(job_id) is completion:
                         del ob.completions[job_id]
-            for job_id in list(ob.failures):
-                failure = ob.failures[job_id]
+            for job_id, failure in failures.items():
                 ok = await _best_effort(
                     conn,
                     query("fail_job"),
