@@ -62,9 +62,9 @@ load: $(STAMP)
 	$(BIN)/python -m soak.api_load $(LOAD_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
-	$(BIN)/mypy src
+	$(BIN)/ruff check src tests bench soak
+	$(BIN)/ruff format --check src tests bench soak
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 clean:

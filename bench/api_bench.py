@@ -167,7 +167,7 @@ async def run(args: argparse.Namespace, url: str, job_id: uuid.UUID) -> list[Res
 
     async def sql_call(query: str, params: tuple[Any, ...] = ()) -> None:
         async with pool.connection() as conn:
-            cur = await conn.execute(query, params)  # type: ignore[arg-type]
+            cur = await conn.execute(query, params)
             await cur.fetchall()
 
     port = free_port()

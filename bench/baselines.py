@@ -93,7 +93,7 @@ def bare_claim_complete(url: str, *, jobs: int, procs: int, batch: int = 100) ->
         c.join(timeout=30)
     total = sum(r[1] for r in results)
     assert total == jobs, f"bare claim completed {total} of {jobs}"
-    return jobs / (max(r[2] for r in results) - t0)
+    return float(jobs / (max(r[2] for r in results) - t0))
 
 
 # -- LISTEN/NOTIFY wake-up --------------------------------------------------------------

@@ -289,7 +289,7 @@ def machine_info(admin: str) -> dict[str, str]:
         pass
     with psycopg.connect(admin, autocommit=True) as c:
         pg = c.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-        settings = dict(
+        settings: dict[str, str] = dict(
             c.execute(
                 "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)",
                 (["fsync", "synchronous_commit", "shared_buffers", "wal_sync_method"],),

@@ -56,7 +56,10 @@ def make_multirow_insert(url: str, proc: int) -> Op:
     conn = psycopg.connect(url, autocommit=True)
     user = seed.user_id(proc)
     values = ", ".join(["(%s, %s, %s, now() + interval '24 hours')"] * 1000)
-    q = f"INSERT INTO {BARE_TABLE} (user_id, job_type, params, expires_at) VALUES {values} RETURNING id"
+    q = (
+        f"INSERT INTO {BARE_TABLE} (user_id, job_type, params, expires_at)"
+        f" VALUES {values} RETURNING id"
+    )
 
     def op() -> int:
         args: list[Any] = []
@@ -255,7 +258,7 @@ def run_load(kind: str, url: str, *, procs: int, seconds: float) -> float:
     for c in children:
         c.join(timeout=30)
     # Each process ran for its own elapsed time (at least `seconds`): sum the rates.
-    return sum(done / elapsed for _, done, _, elapsed in results)
+    return float(sum(done / elapsed for _, done, _, elapsed in results))
 
 
 def run_paired(kinds: list[str], url: str, *, calls: int) -> dict[str, list[float]]:

@@ -19,7 +19,8 @@ Params = Callable[[int], Mapping[str, Any]]
 def op_params(op: Any) -> Mapping[str, Any]:
     """The parameters jobq's client would send for this operation (jobq._ops), so the
     bench follows the named queries as they change."""
-    return next(op).params
+    params: Mapping[str, Any] = next(op).params
+    return params
 
 
 class _Rollback(Exception):

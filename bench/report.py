@@ -45,7 +45,8 @@ def table(rows: list[Row]) -> str:
         ratio = f"{r.ratio:.2f} x {r.ratio_of}" if r.ratio is not None else ""
         extra = "; ".join(x for x in (r.plan, r.note) if x)
         out.append(
-            f"| {r.name} | {r.size} | {p50} | {p95} | {r.target} | {_ok(r.ok)} | {ratio} | {extra} |"
+            f"| {r.name} | {r.size} | {p50} | {p95} | {r.target} | {_ok(r.ok)} | {ratio}"
+            f" | {extra} |"
         )
     return "\n".join(out)
 

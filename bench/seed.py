@@ -61,8 +61,10 @@ SELECT gen_random_uuid(),
             ELSE t.created_at + interval '1 second' + (g % 7) * interval '150 ms' END,
        CASE WHEN s.status = 'pending' THEN now() + interval '24 hours' END,
        t.created_at,
-       CASE WHEN s.status = 'pending' THEN t.created_at ELSE t.created_at + interval '3 seconds' END,
-       CASE s.status WHEN 'failed' THEN 'upstream timed out' WHEN 'cancelled' THEN 'cancelled by user' END,
+       CASE WHEN s.status = 'pending' THEN t.created_at
+            ELSE t.created_at + interval '3 seconds' END,
+       CASE s.status WHEN 'failed' THEN 'upstream timed out'
+                     WHEN 'cancelled' THEN 'cancelled by user' END,
        CASE s.status WHEN 'failed' THEN 'TIMEOUT' WHEN 'cancelled' THEN 'CANCELLED' END
   FROM generate_series(0, :jobs: - 1) AS g,
        LATERAL (SELECT now() - ':span:'::interval * ((:jobs: - g)::float8 / :jobs:)
@@ -76,9 +78,11 @@ SELECT gen_random_uuid(),
 # A few users shaped for one spec row each.
 SEED_SPECIAL = f"""
 -- dedup: 100 pending jobs of one user, created in the last minute
-INSERT INTO public.job_queue (user_id, job_type, status, params, run_after, expires_at, created_at, updated_at)
+INSERT INTO public.job_queue (user_id, job_type, status, params, run_after, expires_at,
+                              created_at, updated_at)
 SELECT '{DEDUP_USER}', 'sync_youtube', 'pending', jsonb_build_object('account', 'dedup_' || k),
-       now() - interval '1 minute', now() + interval '1 day', now() - interval '1 minute' + k * interval '100 ms',
+       now() - interval '1 minute', now() + interval '1 day',
+       now() - interval '1 minute' + k * interval '100 ms',
        now() - interval '1 minute'
   FROM generate_series(0, 99) k;
 -- cache: 100 completed jobs of one user with results, completed in the last 30 minutes
@@ -92,8 +96,8 @@ SELECT '{CACHE_USER}', 'sync_youtube', 'completed', jsonb_build_object('account'
 """
 
 # Log lines: messages of words from a small vocabulary plus one rare token per
-# line (tokN), levels mostly info, spread evenly
-# over the last :span:. Each tokN is on 1,000 lines whatever the size. Every :every:-th line belongs to the log job.
+# line (tokN), levels mostly info, spread evenly over the last :span:. Each tokN
+# is on 1,000 lines whatever the size. Every :every:-th line belongs to the log job.
 SEED_LOGS = """
 INSERT INTO public.job_log (job_id, level, message, metadata, created_at)
 SELECT CASE WHEN g % :every: = 0 THEN ':log_job:'::uuid
@@ -175,9 +179,10 @@ def make_past_partitions(conn: psycopg.Connection[Any], months_back: int) -> Non
         DO $$
         DECLARE m timestamptz; n text;
         BEGIN
-          FOR m IN SELECT generate_series(date_trunc('month', now()) - make_interval(months => :months:),
-                                          date_trunc('month', now()) - interval '1 month',
-                                          interval '1 month')
+          FOR m IN SELECT generate_series(
+                            date_trunc('month', now()) - make_interval(months => :months:),
+                            date_trunc('month', now()) - interval '1 month',
+                            interval '1 month')
           LOOP
             n := 'job_log_' || to_char(m, 'YYYY_MM');
             CONTINUE WHEN to_regclass('public.' || n) IS NOT NULL;
