@@ -314,8 +314,8 @@ def run(admin: str, sizes: TputSizes) -> Section:
         # off in turn. With several clients it costs more than its own work: a
         # notifying transaction holds a cluster-wide lock from before its commit
         # record until after its flush, so such commits cannot share a flush.
-        many = max(sizes.procs)
-        loads = [("create_jobs_bulk", 1), ("create_job_service", 1), ("create_job_service", many)]
+        loads = [("create_jobs_bulk", 1)]
+        loads += [("create_job_service", p) for p in sorted({1, max(sizes.procs)})]
         notify: dict[tuple[str, int, bool], list[float]] = {}
         try:
             for _ in range(sizes.rounds):
